@@ -1,0 +1,1 @@
+"""The ``ah`` command line."""

@@ -1,0 +1,1 @@
+"""Node types shipped with ah. Each registers through the ``ah.nodes`` entry-point group."""

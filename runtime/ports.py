@@ -1,0 +1,158 @@
+"""Typed ports: how a node declares what it consumes and produces.
+
+A node class declares ports as class attributes::
+
+    class Gain(Node):
+        audio_in = Input(AudioFrame, doc="audio to scale")
+        audio_out = Output(AudioFrame)
+
+On an instance, ``self.audio_in`` is an :class:`InputPort` (``async for frame in self.audio_in``)
+and ``self.audio_out`` an :class:`OutputPort` (``await self.audio_out.send(frame)``). An edge is
+valid when the output's frame type is the input's type or a subclass of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from ah.runtime.channel import Channel, EndOfStream
+from ah.runtime.frames import Frame
+
+if TYPE_CHECKING:
+    from ah.runtime.node import Node
+    from ah.runtime.scopes import ScopeRegistry
+
+F = TypeVar("F", bound=Frame)
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpec:
+    name: str
+    direction: str  # "in" | "out"
+    frame_type: type[Frame]
+    required: bool
+    doc: str
+
+    @property
+    def type_name(self) -> str:
+        return self.frame_type.__name__
+
+
+class Input(Generic[F]):
+    """Declares an input port. ``required`` inputs must be connected in every graph."""
+
+    def __init__(self, frame_type: type[F], *, required: bool = True, doc: str = "") -> None:
+        self.frame_type = frame_type
+        self.required = required
+        self.doc = doc
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @property
+    def spec(self) -> PortSpec:
+        return PortSpec(self.name, "in", self.frame_type, self.required, self.doc)
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Input[F]: ...
+    @overload
+    def __get__(self, obj: Node[Any], owner: type) -> InputPort[F]: ...
+    def __get__(self, obj: Node[Any] | None, owner: type) -> Input[F] | InputPort[F]:
+        if obj is None:
+            return self
+        port: InputPort[F] = obj._ports[self.name]  # type: ignore[assignment]
+        return port
+
+
+class Output(Generic[F]):
+    """Declares an output port. An output may be left unconnected; what it sends then goes nowhere."""
+
+    def __init__(self, frame_type: type[F], *, doc: str = "") -> None:
+        self.frame_type = frame_type
+        self.doc = doc
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @property
+    def spec(self) -> PortSpec:
+        return PortSpec(self.name, "out", self.frame_type, False, self.doc)
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Output[F]: ...
+    @overload
+    def __get__(self, obj: Node[Any], owner: type) -> OutputPort[F]: ...
+    def __get__(self, obj: Node[Any] | None, owner: type) -> Output[F] | OutputPort[F]:
+        if obj is None:
+            return self
+        port: OutputPort[F] = obj._ports[self.name]  # type: ignore[assignment]
+        return port
+
+
+class InputPort(Generic[F]):
+    """The receiving end of one input: iterate it, or ``await recv()``. Ends at end-of-stream."""
+
+    __slots__ = ("channel", "name")
+
+    def __init__(self, name: str, channel: Channel[F]) -> None:
+        self.name = name
+        self.channel = channel
+
+    async def recv(self) -> F:
+        """The next frame; raises :class:`EndOfStream` when every producer has finished."""
+        return await self.channel.get()
+
+    def __aiter__(self) -> AsyncIterator[F]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[F]:
+        get = self.channel.get
+        while True:
+            try:
+                frame = await get()
+            except EndOfStream:
+                return
+            yield frame
+
+    @property
+    def depth(self) -> int:
+        return self.channel.depth
+
+
+class OutputPort(Generic[F]):
+    """The sending end of one output, fanned out to every connected input."""
+
+    __slots__ = ("_cancelled", "_single", "name", "targets")
+
+    def __init__(self, name: str, targets: list[Channel[Any]], scopes: ScopeRegistry) -> None:
+        self.name = name
+        self.targets = targets
+        self._single = targets[0] if len(targets) == 1 else None
+        self._cancelled = scopes.cancelled
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.targets)
+
+    async def send(self, frame: F) -> None:
+        """Send downstream, waiting while a ``block`` edge is full (backpressure).
+
+        A frame of a cancelled scope is discarded here and counted by the channel.
+        """
+        single = self._single
+        if single is not None:
+            await single.put(frame)
+            return
+        for channel in self.targets:
+            await channel.put(frame)
+
+    def close(self) -> None:
+        for channel in self.targets:
+            channel.close_producer()
+
+
+__all__ = ["EndOfStream", "Input", "InputPort", "Output", "OutputPort", "PortSpec"]

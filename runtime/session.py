@@ -1,0 +1,211 @@
+"""A session: one running instance of a graph (one conversation).
+
+Every node runs as a task in the session's task group, so the session owns their lifetimes
+(structured concurrency): a node that raises ends the session with a ``node_failed`` event naming
+the node and the exception, the other nodes are cancelled, and nothing leaks into another session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+
+from ah.runtime.channel import Channel, EdgePolicy
+from ah.runtime.clock import Clock, MonotonicClock
+from ah.runtime.graph_loader import Graph, ResolvedEdge
+from ah.runtime.node import Node, NodeContext, SessionEvent
+from ah.runtime.ports import InputPort, OutputPort
+from ah.runtime.scopes import ScopeRegistry
+
+log = logging.getLogger("ah.session")
+
+
+class NodeFailed(Exception):
+    """A node raised; the session ends. Carries the node id so every report can name it."""
+
+    def __init__(self, node_id: str, node_type: str, error: BaseException) -> None:
+        self.node_id = node_id
+        self.node_type = node_type
+        self.error = error
+        super().__init__(f"node {node_id!r} ({node_type}) failed: {type(error).__name__}: {error}")
+
+
+@dataclass(slots=True)
+class SessionResult:
+    session_id: str
+    ok: bool
+    failure: NodeFailed | None = None
+    cancelled: bool = False
+    channels: dict[str, dict[str, int]] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+
+class Session:
+    """Wires a :class:`Graph` into nodes and channels and runs it to completion."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        clock: Clock | None = None,
+        session_id: str | None = None,
+        attachments: Mapping[str, Any] | None = None,
+        on_event: Callable[[SessionEvent], None] | None = None,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
+        self.graph = graph
+        self.id = session_id or uuid.uuid4().hex[:16]
+        self.clock: Clock = clock or MonotonicClock()
+        self.scopes = ScopeRegistry(self.clock.now)
+        self.attachments = dict(attachments or {})
+        self._on_event = on_event
+        self.events: list[SessionEvent] = []
+        self.tracer = tracer or trace.get_tracer("ah")
+        self.channels: dict[str, Channel[Any]] = {}
+        self.nodes: dict[str, Node[Any]] = {}
+        self._inputs_of: dict[str, list[Channel[Any]]] = {}
+        self._outputs_of: dict[str, list[OutputPort[Any]]] = {}
+        self._build()
+
+    # -- wiring ------------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        """Two passes: one channel per input port (fan-in shares it), then output ports that fan out."""
+        producers: dict[tuple[str, str], int] = {}
+        first_edge: dict[tuple[str, str], ResolvedEdge] = {}
+        for e in self.graph.edges:
+            key = (e.dst, e.dst_port)
+            producers[key] = producers.get(key, 0) + 1
+            first_edge.setdefault(key, e)
+        ports: dict[str, dict[str, InputPort[Any] | OutputPort[Any]]] = {}
+        for nid, rnode in self.graph.nodes.items():
+            ports[nid] = {}
+            self._inputs_of[nid] = []
+            for pname in rnode.cls.inputs:
+                edge = first_edge.get((nid, pname))
+                ch: Channel[Any] = Channel(
+                    edge.capacity if edge else 1,
+                    edge.policy if edge else EdgePolicy.BLOCK,
+                    scopes=self.scopes,
+                    producers=producers.get((nid, pname), 0),  # unconnected: closed from the start
+                    name=f"{nid}.{pname}",
+                )
+                self.channels[ch.name] = ch
+                ports[nid][pname] = InputPort(pname, ch)
+                self._inputs_of[nid].append(ch)
+        for nid, rnode in self.graph.nodes.items():
+            self._outputs_of[nid] = []
+            for pname in rnode.cls.outputs:
+                targets = [
+                    self.channels[f"{e.dst}.{e.dst_port}"]
+                    for e in self.graph.edges
+                    if e.src == nid and e.src_port == pname
+                ]
+                port: OutputPort[Any] = OutputPort(pname, targets, self.scopes)
+                ports[nid][pname] = port
+                self._outputs_of[nid].append(port)
+            ctx = NodeContext(
+                session_id=self.id,
+                node_id=nid,
+                clock=self.clock,
+                logger=logging.getLogger(f"ah.node.{nid}"),
+                tracer=self.tracer,
+                scopes=self.scopes,
+                attachments=self.attachments,
+                emit=self._make_emit(nid),
+            )
+            self.nodes[nid] = rnode.cls(rnode.params, ctx, ports[nid])
+
+    def _make_emit(self, nid: str) -> Callable[[SessionEvent], None]:
+        def emit(event: SessionEvent) -> None:
+            if not event.node:
+                event.node = nid
+            self._emit(event)
+
+        return emit
+
+    def _emit(self, event: SessionEvent) -> None:
+        self.events.append(event)
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:  # an observer must not take the session down
+                log.exception("session %s: event observer failed", self.id)
+
+    # -- running -------------------------------------------------------------------------------------------
+    async def _run_node(self, nid: str, node: Node[Any]) -> None:
+        try:
+            await node.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise NodeFailed(nid, self.graph.nodes[nid].type_name, exc) from exc
+        finally:
+            for port in self._outputs_of[nid]:
+                port.close()
+            for ch in self._inputs_of[nid]:
+                ch.detach()
+
+    async def run(self) -> SessionResult:
+        """Set up every node, then run them all until each has finished or one has failed."""
+        t0 = time.perf_counter()
+        self._emit(SessionEvent("session_started", data={"graph": self.graph.name, "session_id": self.id}))
+        failure: NodeFailed | None = None
+        cancelled = False
+        try:
+            for nid, node in self.nodes.items():
+                try:
+                    await node.setup()
+                except Exception as exc:
+                    raise NodeFailed(nid, self.graph.nodes[nid].type_name, exc) from exc
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for nid, node in self.nodes.items():
+                        tg.create_task(self._run_node(nid, node), name=f"{self.id}:{nid}")
+            except BaseExceptionGroup as group:
+                failed = [e for e in group.exceptions if isinstance(e, NodeFailed)]
+                if not failed:
+                    raise
+                failure = failed[0]
+        except NodeFailed as exc:
+            failure = exc
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            duration = time.perf_counter() - t0
+            if failure is not None:
+                cause = failure.error
+                self._emit(
+                    SessionEvent(
+                        "node_failed",
+                        node=failure.node_id,
+                        data={
+                            "type": failure.node_type,
+                            "error": f"{type(cause).__name__}: {cause}",
+                            "traceback": "".join(traceback.format_exception(cause)),
+                        },
+                    )
+                )
+                log.error("session %s: %s", self.id, failure)
+            self._emit(
+                SessionEvent(
+                    "session_ended",
+                    data={"ok": failure is None and not cancelled, "duration_s": round(duration, 6)},
+                )
+            )
+        return SessionResult(
+            self.id,
+            failure is None,
+            failure,
+            cancelled,
+            {name: ch.stats.as_dict() for name, ch in self.channels.items()},
+            duration,
+        )
