@@ -38,13 +38,16 @@ pytest: setup
 schema: setup
 	$(VENV)/bin/ah schema --write schemas/graph.schema.json
 
-# The engine benchmark runs Pipecat beside ah; Pipecat comes only with the bench extra.
-bench-setup: $(UV)
-	$(UV) sync --frozen --extra bench
-	@touch $(VENV)/.synced
+# The engine benchmark runs Pipecat beside ah; Pipecat comes only with the bench extra, in its own venv
+# so that `uv sync` for the tests (which makes .venv match the lock exactly) never removes it.
+.venv-bench/.synced: $(UV) uv.lock pyproject.toml
+	UV_PROJECT_ENVIRONMENT=.venv-bench $(UV) sync --frozen --extra bench
+	@touch $@
+
+bench-setup: .venv-bench/.synced
 
 bench: bench-setup
-	$(VENV)/bin/python experiments/engine_bench.py
+	.venv-bench/bin/python experiments/engine_bench.py
 
 clean:
-	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .venv .venv-bench .tools .mypy_cache .ruff_cache .pytest_cache
