@@ -7,7 +7,7 @@ VENV := .venv
 GRAPH ?= graphs/default.yaml
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: run test lint typecheck pytest setup bench-setup bench clean schema
+.PHONY: run test lint typecheck pytest setup bench-setup bench clean schema js-setup chromium
 
 # uv lives in its own small venv so that `uv sync` (which makes .venv exactly match the lock) never removes it.
 $(UV):
@@ -23,7 +23,24 @@ setup: $(VENV)/.synced
 run: setup
 	$(VENV)/bin/ah run $(GRAPH)
 
-test: setup lint typecheck pytest
+test: setup js-setup lint typecheck pytest
+
+# The JS client and browser tests (tests/test_js_clients.py, tests/test_browser.py) need the npm packages
+# pinned in tests/js/package-lock.json and Debian's Chromium; without Node.js or Chromium they skip.
+js-setup: tests/js/node_modules/.installed chromium
+
+tests/js/node_modules/.installed: tests/js/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix tests/js --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the JS client tests will be skipped (install Node.js >= 20.10)"; fi
+
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && ! command -v chromium >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing chromium (apt) for the browser tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else echo "chromium not found (and not root): the browser tests will be skipped (apt-get install chromium)"; fi; \
+	fi
 
 lint: setup
 	$(VENV)/bin/ruff check .

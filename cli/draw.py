@@ -13,10 +13,11 @@ def graph_text(graph: Graph) -> str:
         lines.append(f"  {graph.description}")
     lines.append("nodes:")
     width = max((len(n) for n in graph.nodes), default=0)
+    type_width = max((len(n.type_name) for n in graph.nodes.values()), default=0)
     for node in graph.nodes.values():
         ins = ", ".join(f"{p.name}:{p.type_name}" for p in node.cls.inputs.values()) or "-"
         outs = ", ".join(f"{p.name}:{p.type_name}" for p in node.cls.outputs.values()) or "-"
-        lines.append(f"  {node.id:<{width}}  {node.type_name:<20} in[{ins}] out[{outs}]")
+        lines.append(f"  {node.id:<{width}}  {node.type_name:<{type_width}}  in[{ins}] out[{outs}]")
     lines.append("edges:")
     for e in graph.edges:
         opts = f"{e.policy.value}, capacity {e.capacity}" + (", feedback" if e.feedback else "")
@@ -46,10 +47,10 @@ def draw_graph(graph: Graph, target: Path) -> None:
     pos: dict[str, tuple[float, float]] = {}
     for d, members in columns.items():
         for i, n in enumerate(members):
-            pos[n] = (d * 3.2, -(i - (len(members) - 1) / 2) * 1.6)
+            pos[n] = (d * 4.0, -(i - (len(members) - 1) / 2) * 1.6)
     ncols = max(columns) + 1 if columns else 1
     nrows = max((len(m) for m in columns.values()), default=1)
-    fig, ax = plt.subplots(figsize=(max(6.0, ncols * 2.9), max(3.0, nrows * 1.5 + 1.2)))
+    fig, ax = plt.subplots(figsize=(max(6.0, ncols * 3.4), max(3.0, nrows * 1.5 + 1.2)))
     ax.set_axis_off()
     box_w, box_h = 2.2, 0.9
     for n, (x, y) in pos.items():
@@ -84,12 +85,14 @@ def draw_graph(graph: Graph, target: Path) -> None:
                 "shrinkB": 2,
             },
         )
-        label = f"{e.src_port} → {e.dst_port}"
-        if e.policy.value != "block":
-            label += f"\n[{e.policy.value}]"
+        mx, my = (x1 + x2) / 2, (y1 + y2) / 2
         ax.text(
-            (x1 + x2) / 2, (y1 + y2) / 2 + 0.2, label, ha="center", va="bottom", fontsize=7.5, color=color
+            mx, my + 0.12, f"{e.src_port} → {e.dst_port}", ha="center", va="bottom", fontsize=7.5, color=color
         )
+        notes = [e.policy.value] if e.policy.value != "block" else []
+        notes += ["feedback"] if e.feedback else []
+        if notes:
+            ax.text(mx, my - 0.12, f"[{', '.join(notes)}]", ha="center", va="top", fontsize=7, color=color)
     xs = [p[0] for p in pos.values()] or [0.0]
     ys = [p[1] for p in pos.values()] or [0.0]
     ax.set_xlim(min(xs) - box_w, max(xs) + box_w)
@@ -97,5 +100,10 @@ def draw_graph(graph: Graph, target: Path) -> None:
     title = f"{graph.name}" + (f" — {graph.description}" if graph.description else "")
     ax.set_title(title, fontsize=11, loc="left")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, bbox_inches="tight", dpi=130 if target.suffix.lower() == ".png" else None)
+    svg = target.suffix.lower() == ".svg"
+    # No date and fixed ids in the SVG, so drawing the same graph twice writes the same file.
+    with matplotlib.rc_context({"svg.hashsalt": "ah"}):
+        fig.savefig(
+            target, bbox_inches="tight", dpi=None if svg else 130, metadata={"Date": None} if svg else None
+        )
     plt.close(fig)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +52,24 @@ class EdgeSpec(BaseModel):
     feedback: bool = Field(False, description="Declares that this edge closes a cycle on purpose.")
 
 
+class AccessSpec(BaseModel):
+    """Who may connect to this graph when it is served; overrides the server's settings. The runtime
+    does not read it: the server (``ah run``) does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["public", "api_key", "signed"] | None = Field(
+        None,
+        description="`public` (anyone), `api_key` (an `xi-api-key` header, for server-side apps) or `signed` "
+        "(signed URLs only: HMAC-signed, expiring, single-use). Unset: the server's `--access`.",
+    )
+    allowed_origins: list[str] | None = Field(
+        None,
+        description="Browser origins allowed to connect, e.g. `https://app.example.com`; an empty list allows "
+        "any origin. Unset: the server's `--allowed-origin`.",
+    )
+
+
 class GraphFile(BaseModel):
     """A graph file. A variant names a base with `extends:` and overrides nodes or adds edges."""
 
@@ -67,3 +85,6 @@ class GraphFile(BaseModel):
     )
     nodes: dict[Annotated[str, Field(pattern=NODE_ID_PATTERN)], NodeSpec | None] = Field(default_factory=dict)
     edges: list[EdgeString | EdgeSpec] = Field(default_factory=list)
+    access: AccessSpec | None = Field(
+        None, description="Who may connect when this graph is served (overrides the server's settings)."
+    )

@@ -46,8 +46,15 @@ class NodeContext:
     logger: logging.Logger
     tracer: trace.Tracer
     scopes: ScopeRegistry
-    attachments: Mapping[str, Any]
+    #: Per-session resources shared by the nodes that need them (the client connection a transport
+    #: node reads, a protocol's event-id counter). Set by whoever starts the session.
+    attachments: dict[str, Any]
     emit: Callable[[SessionEvent], None]
+    #: Replace some params of another node before it is set up (client overrides at conversation
+    #: start). Validated by that node's params model; raises ``ValueError`` with the reason.
+    override_params: Callable[[str, Mapping[str, Any]], None]
+    #: End the whole session cleanly (the client went away): every node is cancelled, the result is ok.
+    request_stop: Callable[[], None]
 
 
 class Node(Generic[P]):

@@ -80,8 +80,12 @@ class ScopeRegistry:
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def open(self, label: str = "reply", parent: int = NO_SCOPE) -> int:
+        """A new scope. A child of a cancelled scope is born cancelled: it derives from a dead reply."""
         sid = next(self._ids)
         self._scopes[sid] = Scope(sid, label, parent, opened_at=self._now())
+        if parent in self.cancelled:
+            self._scopes[sid].state = ScopeState.CANCELLED
+            self.cancelled.add(sid)
         return sid
 
     def get(self, scope: int) -> Scope | None:
@@ -91,16 +95,26 @@ class ScopeRegistry:
         s = self._scopes.get(scope)
         return s.state if s is not None else ScopeState.DONE
 
+    def live(self, label: str | None = "reply") -> list[int]:
+        """Scopes still active or paused (an agent reply still being produced or heard)."""
+        return [
+            s.id
+            for s in self._scopes.values()
+            if s.state in (ScopeState.ACTIVE, ScopeState.PAUSED) and (label is None or s.label == label)
+        ]
+
     def is_cancelled(self, scope: int) -> bool:
         return scope in self.cancelled
 
     def cancel(self, scope: int) -> int:
         """Cancel a scope (and its children). Returns how many queued frames were purged.
 
-        Idempotent; cancelling an unknown or finished scope does nothing.
+        Idempotent; cancelling an unknown scope does nothing. A finished (``DONE``) scope can still be
+        cancelled: finishing marks the end of generation, but its audio may still be queued when the
+        user barges in, and that audio must go.
         """
         s = self._scopes.get(scope)
-        if s is None or s.state in (ScopeState.CANCELLED, ScopeState.DONE):
+        if s is None or s.state is ScopeState.CANCELLED:
             return 0
         s.state = ScopeState.CANCELLED
         self.cancelled.add(scope)
@@ -172,7 +186,10 @@ class ScopeRegistry:
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            if task.cancelled() and scope in self.cancelled:
+            # The scope's cancel reads as "no result", unless the caller was itself cancelled in the
+            # same tick: swallowing that would leave it running on when its task group waits for it.
+            me = asyncio.current_task()
+            if task.cancelled() and scope in self.cancelled and not (me is not None and me.cancelling()):
                 return None
             task.cancel()  # the caller was cancelled: take the scope's task down with it
             raise
@@ -189,6 +206,8 @@ class ScopeRegistry:
         s = self._scopes.get(scope)
         if s is not None:
             if s.state is ScopeState.CANCELLED:
+                if isinstance(work, Coroutine):
+                    work.close()  # it will never run; closing it avoids a "never awaited" warning
                 task.cancel()
             else:
                 s.tasks.add(task)

@@ -2,29 +2,50 @@
 
 from ah.runtime.channel import EdgePolicy, EndOfStream
 from ah.runtime.clock import Clock, MonotonicClock, VirtualClock
-from ah.runtime.frames import NO_SCOPE, AudioFrame, Frame, TextFrame
+from ah.runtime.frames import (
+    NO_SCOPE,
+    Alignment,
+    AudioFrame,
+    ControlFrame,
+    Frame,
+    InterruptionFrame,
+    ReplyTextFrame,
+    SpeechFrame,
+    TextFrame,
+    TranscriptFrame,
+    UserTurnFrame,
+    VadFrame,
+)
 from ah.runtime.node import Node, NodeContext, Params, SessionEvent
 from ah.runtime.ports import Input, InputPort, Output, OutputPort
 from ah.runtime.scopes import ScopeRegistry, ScopeState
 
 __all__ = [
     "NO_SCOPE",
+    "Alignment",
     "AudioFrame",
     "Clock",
+    "ControlFrame",
     "EdgePolicy",
     "EndOfStream",
     "Frame",
     "Input",
     "InputPort",
+    "InterruptionFrame",
     "MonotonicClock",
     "Node",
     "NodeContext",
     "Output",
     "OutputPort",
     "Params",
+    "ReplyTextFrame",
     "ScopeRegistry",
     "ScopeState",
     "SessionEvent",
+    "SpeechFrame",
     "TextFrame",
+    "TranscriptFrame",
+    "UserTurnFrame",
+    "VadFrame",
     "VirtualClock",
 ]

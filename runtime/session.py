@@ -16,7 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import networkx as nx
 from opentelemetry import trace
+from pydantic import ValidationError
 
 from ah.runtime.channel import Channel, EdgePolicy
 from ah.runtime.clock import Clock, MonotonicClock
@@ -65,7 +67,10 @@ class Session:
         self.id = session_id or uuid.uuid4().hex[:16]
         self.clock: Clock = clock or MonotonicClock()
         self.scopes = ScopeRegistry(self.clock.now)
-        self.attachments = dict(attachments or {})
+        self.attachments: dict[str, Any] = dict(attachments or {})
+        self._set_up: set[str] = set()
+        self._task: asyncio.Task[Any] | None = None
+        self._stop_requested = False
         self._on_event = on_event
         self.events: list[SessionEvent] = []
         self.tracer = tracer or trace.get_tracer("ah")
@@ -120,8 +125,39 @@ class Session:
                 scopes=self.scopes,
                 attachments=self.attachments,
                 emit=self._make_emit(nid),
+                override_params=self.override_params,
+                request_stop=self.stop,
             )
             self.nodes[nid] = rnode.cls(rnode.params, ctx, ports[nid])
+
+    def setup_order(self) -> list[str]:
+        """Sources first (topological order, ties in file order), so a transport node can apply a
+        client's overrides to the nodes downstream of it before they are set up."""
+        g = nx.DiGraph()
+        g.add_nodes_from(self.graph.nodes)
+        g.add_edges_from((e.src, e.dst) for e in self.graph.edges if not e.feedback)
+        position = {nid: i for i, nid in enumerate(self.graph.nodes)}
+        return list(nx.lexicographical_topological_sort(g, key=lambda n: position[n]))
+
+    def override_params(self, node_id: str, updates: Mapping[str, Any]) -> None:
+        if node_id not in self.nodes:
+            raise ValueError(f"no node {node_id!r} in graph {self.graph.name!r}")
+        if node_id in self._set_up:
+            raise ValueError(f"node {node_id!r} is already set up; overrides must come before")
+        node = self.nodes[node_id]
+        merged = {**node.params.model_dump(), **dict(updates)}
+        try:
+            node.params = type(node.params).model_validate(merged)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise ValueError(f"{node_id}.{where}: {first['msg']}") from None
+
+    def stop(self) -> None:
+        """End the session cleanly from inside (a node) or outside (the server draining)."""
+        self._stop_requested = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
     def _make_emit(self, nid: str) -> Callable[[SessionEvent], None]:
         def emit(event: SessionEvent) -> None:
@@ -160,26 +196,34 @@ class Session:
         failure: NodeFailed | None = None
         cancelled = False
         try:
-            for nid, node in self.nodes.items():
-                try:
-                    await node.setup()
-                except Exception as exc:
-                    raise NodeFailed(nid, self.graph.nodes[nid].type_name, exc) from exc
+            self._task = asyncio.current_task()
             try:
-                async with asyncio.TaskGroup() as tg:
-                    for nid, node in self.nodes.items():
-                        tg.create_task(self._run_node(nid, node), name=f"{self.id}:{nid}")
-            except BaseExceptionGroup as group:
-                failed = [e for e in group.exceptions if isinstance(e, NodeFailed)]
-                if not failed:
+                for nid in self.setup_order():
+                    try:
+                        await self.nodes[nid].setup()
+                    except Exception as exc:
+                        raise NodeFailed(nid, self.graph.nodes[nid].type_name, exc) from exc
+                    self._set_up.add(nid)
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        for nid, node in self.nodes.items():
+                            tg.create_task(self._run_node(nid, node), name=f"{self.id}:{nid}")
+                except BaseExceptionGroup as group:
+                    failed = [e for e in group.exceptions if isinstance(e, NodeFailed)]
+                    if not failed:
+                        raise
+                    failure = failed[0]
+            except NodeFailed as exc:
+                failure = exc
+            except asyncio.CancelledError:
+                if not self._stop_requested:
+                    cancelled = True
                     raise
-                failure = failed[0]
-        except NodeFailed as exc:
-            failure = exc
-        except asyncio.CancelledError:
-            cancelled = True
-            raise
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
         finally:
+            self._task = None
             duration = time.perf_counter() - t0
             if failure is not None:
                 cause = failure.error

@@ -8,6 +8,7 @@ the last one, are reported instead.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,12 +85,9 @@ def parse_yaml(text: str, file: str) -> tuple[YamlDoc | None, list[GraphIssue]]:
     try:
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
-        mark = _mark(file, exc.problem_mark or exc.context_mark)
-        problem = exc.problem or "invalid YAML"
-        ctx = f" ({exc.context})" if exc.context else ""
-        return None, [GraphIssue(mark, "", f"YAML syntax error: {problem}{ctx}; expected valid YAML")]
+        return None, [_syntax_issue(text, file, exc)]
     except yaml.YAMLError as exc:
-        return None, [GraphIssue(Mark(file, 1, 1), "", f"YAML error: {exc}; expected valid YAML")]
+        return None, [GraphIssue(Mark(file, 1, 1), "", f"YAML error: {exc}; expected a valid YAML document")]
     finally:
         loader.dispose()
     if root is None:
@@ -135,6 +133,94 @@ def _walk(
     assert isinstance(node, yaml.ScalarNode)
     doc.scalar_styles[path] = node.style
     return ctor.construct_object(node, deep=True)
+
+
+def _syntax_issue(text: str, file: str, exc: yaml.MarkedYAMLError) -> GraphIssue:
+    """A syntax error at the spot PyYAML stopped, with the YAML path it was in."""
+    mark = _mark(file, exc.problem_mark or exc.context_mark)
+    problem = exc.problem or "invalid YAML"
+    ctx = ""
+    if exc.context:
+        cm = exc.context_mark
+        if cm is not None and exc.problem_mark is not None and cm.line != exc.problem_mark.line:
+            ctx = f" ({exc.context} that starts at line {cm.line + 1}, column {cm.column + 1})"
+        else:
+            ctx = f" ({exc.context})"
+    if "'\\t'" in problem:
+        hint = "; expected spaces for indentation (YAML does not allow tabs)"
+    elif re.search(r"\bexpected\b", problem):
+        hint = ""
+    else:
+        hint = "; expected valid YAML: check the indentation, quotes and brackets here"
+    stop = exc.problem_mark.index if exc.problem_mark is not None else len(text)
+    path = format_path(_path_at_error(text, stop))
+    return GraphIssue(mark, path, f"YAML syntax error: {problem}{ctx}{hint}")
+
+
+def _path_at_error(text: str, stop: int) -> PathKey:
+    """The YAML path the scanner was in when it failed (best effort; ``()`` when unknown).
+
+    Works on tokens, not parser events: the scanner has usually read the key in front of an error
+    even when the parser has not yet seen it. Tokens from ``stop`` (the error's offset) on are
+    ignored: the scanner reads ahead of the parser.
+    """
+    # Each open collection: [kind, key or index, state]; kind is "map", "seq" or "bare" (a block
+    # sequence written at its key's indentation, which has no start or end token).
+    stack: list[list[Any]] = []
+    loader = yaml.SafeLoader(text)
+    tokens: list[yaml.Token] = []
+    try:
+        while loader.check_token():
+            tokens.append(loader.get_token())  # type: ignore[no-untyped-call]
+    except yaml.YAMLError:
+        tokens.extend(loader.tokens)
+    finally:
+        loader.dispose()
+    for tok in tokens:
+        if tok.start_mark.index >= stop:
+            break
+        top = stack[-1] if stack else None
+        if isinstance(tok, (yaml.BlockMappingStartToken, yaml.FlowMappingStartToken)):
+            stack.append(["map", None, "key"])
+        elif isinstance(tok, yaml.BlockSequenceStartToken):
+            stack.append(["seq", -1, ""])
+        elif isinstance(tok, yaml.FlowSequenceStartToken):
+            stack.append(["seq", 0, ""])
+        elif isinstance(tok, yaml.BlockEntryToken):
+            if top is not None and top[0] == "map":
+                stack.append(["bare", 0, ""])
+            elif top is not None:
+                top[1] += 1
+        elif isinstance(tok, yaml.FlowEntryToken):
+            if top is not None and top[0] == "seq":
+                top[1] += 1
+            elif top is not None:
+                top[2] = "key"
+        elif isinstance(tok, yaml.KeyToken):
+            while top is not None and top[0] == "bare":
+                stack.pop()
+                top = stack[-1] if stack else None
+            if top is not None:
+                top[1], top[2] = None, "key"
+        elif isinstance(tok, yaml.ValueToken):
+            if top is not None and top[0] == "map":
+                top[2] = "value"
+        elif isinstance(tok, yaml.ScalarToken):
+            if top is not None and top[0] == "map" and top[2] == "key" and top[1] is None:
+                top[1] = tok.value
+        elif isinstance(tok, (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)):
+            while stack and stack[-1][0] == "bare":
+                stack.pop()
+            if stack:
+                stack.pop()
+            if stack and stack[-1][0] == "map":
+                stack[-1][2] = "done"  # its value is complete: an error now is between entries
+    path: list[str | int] = []
+    for kind, key, state in stack:
+        if key is None or (kind != "map" and key < 0) or state == "done":
+            break
+        path.append(key)
+    return tuple(path)
 
 
 def read_yaml(path: Path) -> tuple[YamlDoc | None, list[GraphIssue]]:

@@ -1,4 +1,4 @@
-"""The demo graph that `make run` runs must load and run to completion."""
+"""The engine-only demo graph loads and runs to completion on a virtual clock."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from ah.runtime.session import Session
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_default_graph_runs_on_a_virtual_clock() -> None:
-    graph = load_graph(ROOT / "graphs" / "default.yaml")
+def test_tone_demo_runs_on_a_virtual_clock() -> None:
+    graph = load_graph(ROOT / "graphs" / "examples" / "tone_demo.yaml")
     session = Session(graph, clock=VirtualClock(auto_advance=True))
     result = asyncio.run(session.run())
     assert result.ok
