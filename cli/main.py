@@ -341,20 +341,12 @@ def models_list() -> None:
     """Show every model of the manifest: package pin, size, licence, and whether it is in the cache."""
     from ah.nodes.model_store import MANIFEST, is_present, models_dir
 
-    table = Table(box=None, padding=(0, 2), pad_edge=False)
-    for col in ("model", "role", "package", "size", "licence", "status"):
-        table.add_column(col)
+    # Plain columns rather than a rich Table: a table squeezes itself to COLUMNS and truncates names.
+    out.print(f"{'model':<17}{'role':<13}{'package':<30}{'size':>9}  {'licence':<34}status", markup=False)
     for spec in MANIFEST.values():
         status = "[green]present[/green]" if is_present(spec) else "[yellow]missing[/yellow]"
-        table.add_row(
-            spec.name,
-            spec.role,
-            escape(spec.requirement),
-            f"{spec.size / 1e6:.1f} MB",
-            escape(spec.license),
-            status,
-        )
-    out.print(table)
+        row = f"{spec.name:<17}{spec.role:<13}{spec.requirement:<30}{spec.size / 1e6:>6.1f} MB  {spec.license:<34}"
+        out.print(escape(row) + status)
     out.print(f"cache: {models_dir()}  (set AH_MODELS_DIR to move it)")
 
 

@@ -82,13 +82,16 @@ class VirtualClock:
 
     async def _drive(self) -> None:
         loop = asyncio.get_running_loop()
+        # asyncio's loop exposes its ready queue; others (uvloop) do not, and then 50 yields stand in
+        # for "everything runnable has run".
+        ready = getattr(loop, "_ready", None)
         while self._sleepers:
             # Let everything that is runnable run first; only an idle loop may jump in time.
             for _ in range(50):
                 await asyncio.sleep(0)
-                if not getattr(loop, "_ready", ()):
+                if ready is not None and not ready:
                     break
-            if getattr(loop, "_ready", ()):
+            if ready:
                 continue
             while self._sleepers and self._sleepers[0][2].done():
                 heapq.heappop(self._sleepers)

@@ -162,7 +162,13 @@ class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
         if reply is None or reply.wall_start is None:
             return ""
         position = min(self.ctx.clock.now() - reply.wall_start, reply.audio_s)
-        return "".join(text for start, text in reply.spoken if start < position).strip()
+        heard = "".join(text for start, text in reply.spoken if start < position)
+        spoken = "".join(text for _, text in reply.spoken)
+        cut = len(heard)
+        if 0 < cut < len(spoken) and spoken[cut - 1].isalnum() and spoken[cut].isalnum():
+            # Cut off inside a word: a listener has not heard a word they heard half of.
+            heard = heard[: max(heard.rfind(" "), 0)]
+        return heard.strip()
 
     async def _interruption_loop(self) -> None:
         async for frame in self.interruptions:
