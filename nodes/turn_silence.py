@@ -73,7 +73,8 @@ class SilenceTurnPolicy(Node[SilenceTurnParams]):
                 self._speaking = False
                 self._cancel(self._barge)
                 self._last_speech_end = ev.t
-                self._endpoint = asyncio.get_running_loop().create_task(self._endpoint_after_silence())
+                already = max(0.0, ev.confirmed_at - ev.t) if ev.confirmed_at else 0.0
+                self._endpoint = asyncio.get_running_loop().create_task(self._endpoint_after_silence(already))
 
     async def _transcript_loop(self) -> None:
         async for tr in self.transcripts:
@@ -89,8 +90,9 @@ class SilenceTurnPolicy(Node[SilenceTurnParams]):
             await self.turns.send(UserTurnFrame(turn.text, typed=True, scope=scope))
 
     # -- decisions ---------------------------------------------------------------------------------------------
-    async def _endpoint_after_silence(self) -> None:
-        await self.ctx.clock.sleep(self.params.endpoint_silence_ms / 1000)
+    async def _endpoint_after_silence(self, already_silent_s: float = 0.0) -> None:
+        # The silence is counted from the end of speech: the VAD's own hysteresis is part of it.
+        await self.ctx.clock.sleep(max(0.0, self.params.endpoint_silence_ms / 1000 - already_silent_s))
         if self._pending and not self._speaking:
             await self._commit()
 

@@ -59,7 +59,9 @@ class EnergyVad(Node[EnergyVadParams]):
                         run_ms = 0.0
                         # Timestamps point at where the change began, not where it was confirmed.
                         at = t - (needed / 1000 if needed else win_ms / 1000)
-                        await self.events.send(VadFrame("start" if speaking else "end", max(0.0, at), score))
+                        await self.events.send(
+                            VadFrame("start" if speaking else "end", max(0.0, at), score, confirmed_at=t)
+                        )
                 else:
                     run_ms = 0.0
         if speaking:

@@ -70,6 +70,9 @@ class VadFrame(Frame):
     kind: str
     t: float
     score: float = 0.0
+    #: Audio time at which the VAD was sure (``t`` plus its hysteresis); 0 when not known. Lets a turn
+    #: policy count its silence from the end of speech rather than from the VAD's confirmation.
+    confirmed_at: float = 0.0
 
 
 @dataclass(slots=True)
