@@ -10,7 +10,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # GGML_NATIVE=OFF keeps the build portable across CPUs of the same architecture.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: models run test lint typecheck pytest setup bench-setup bench clean schema js-setup chromium
+.PHONY: models run test lint typecheck pytest setup bench-setup bench clean schema js-setup chromium espeak-ng
 
 # uv lives in its own small venv so that `uv sync` (which makes .venv exactly match the lock) never removes it.
 $(UV):
@@ -30,7 +30,7 @@ models: setup
 run: setup models
 	$(VENV)/bin/ah run $(GRAPH)
 
-test: setup models js-setup lint typecheck pytest
+test: setup models js-setup espeak-ng lint typecheck pytest
 
 # The JS client and browser tests (tests/test_js_clients.py, tests/test_browser.py) need the npm packages
 # pinned in tests/js/package-lock.json and Debian's Chromium; without Node.js or Chromium they skip.
@@ -47,6 +47,15 @@ chromium:
 			echo "installing chromium (apt) for the browser tests"; \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "chromium not found (and not root): the browser tests will be skipped (apt-get install chromium)"; fi; \
+	fi
+
+# tts.espeak (the light voice) and its tests need Debian's espeak-ng; without it they skip.
+espeak-ng:
+	@if ! command -v espeak-ng >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing espeak-ng (apt) for tts.espeak"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
+		else echo "espeak-ng not found (and not root): tts.espeak tests will be skipped (apt-get install espeak-ng)"; fi; \
 	fi
 
 lint: setup

@@ -302,6 +302,7 @@ def run(
         raise typer.Exit(EXIT_USAGE) from None
 
     async def _serve() -> None:
+        await server.preload()
         await server.start()
         out.print(server.banner(), markup=False)
         sys.stdout.flush()  # a supervisor (or a test) reading a pipe sees the banner at once

@@ -97,6 +97,11 @@ class Node(Generic[P]):
     async def run(self) -> None:
         raise NotImplementedError(f"{type(self).__name__}.run")
 
+    @classmethod
+    async def preload(cls, params: Params) -> None:
+        """Called once per process for each node of a served graph, before any client connects:
+        load shared models here so the first conversation does not pay for it. Default: nothing."""
+
     async def setup(self) -> None:
         """Called for every node before any node runs: load models, open connections.
 

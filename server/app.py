@@ -225,6 +225,16 @@ class AgentServer:
         )
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
+    async def preload(self) -> None:
+        """Load every served graph's shared models now, not during the first conversation."""
+        for graph in self.graphs.values():
+            for node in graph.nodes.values():
+                t0 = time.monotonic()
+                await node.cls.preload(node.params)
+                took = time.monotonic() - t0
+                if took > 0.05:
+                    log.info("preloaded %s (%s) for %s in %.1f s", node.id, node.type_name, graph.name, took)
+
     async def start(self) -> None:
         self._server = await serve(
             self._handle,

@@ -113,12 +113,17 @@ class RecordingConversation(Conversation):
 
 
 def open_conversation(
-    base_url: str, seen: Seen, *, audio: AudioInterface | None = None, tools: ClientTools | None = None
+    base_url: str,
+    seen: Seen,
+    *,
+    audio: AudioInterface | None = None,
+    tools: ClientTools | None = None,
+    agent: str = AGENT,
 ) -> RecordingConversation:
     client = ElevenLabs(api_key="not-needed", base_url=base_url)
     conv = RecordingConversation(
         client,
-        AGENT,
+        agent,
         requires_auth=False,
         audio_interface=audio,
         client_tools=tools,

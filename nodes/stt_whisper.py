@@ -1,0 +1,335 @@
+"""``stt.whisper_local``: transcripts of VAD speech segments from a local Whisper (faster-whisper).
+
+Same ports as ``stt.scripted``: user ``audio`` (the VAD's passthrough) and the VAD's ``vad`` events
+in, one final :class:`TranscriptFrame` per utterance out, with ``confidence`` = exp(mean token
+log-probability) of the transcript (ARCHITECTURE.md §5) and the utterance's audio-time bounds.
+
+Utterances. The node keeps the last seconds of audio by audio time. An utterance runs from a VAD
+``start`` to the VAD ``end`` that is not followed by another ``start`` within ``endpoint_silence_ms``
+of audio (measured on the VAD's own time line, so it is exact whatever the pace of the audio): a short
+pause inside a sentence is merged, and Whisper hears the sentence whole. A final transcript is only
+ever sent for a closed utterance, so nothing is sent twice. Keep ``endpoint_silence_ms`` at or below
+the turn policy's: a turn ends only once its final transcript is in, so a longer silence here would
+delay every turn.
+
+Speculation (``speculative: true``, the default). Every VAD ``end`` is a tentative end of speech: the
+node starts transcribing the utterance so far at once, while the silence is still being timed, so
+the transcript is ready when the endpoint is confirmed instead of a Whisper run (~0.4–0.5 s for
+tiny.en on two cores: it pads every input to 30 s) later. If speech resumes first, the stale result is
+discarded (a run not yet started is cancelled) and the merged utterance is transcribed at its next
+end. With ``speculative: false`` transcription starts only once the endpoint is confirmed.
+
+Models: ``tiny.en`` (default) and any other ``whisper-<name>`` entry of the model manifest
+(``ah models list``), or a directory holding a CTranslate2 Whisper model. Each loads once per
+process (shared by every session) and runs on the ``whisper`` thread pool, one transcription at a
+time, off the event loop. Decoding is greedy (``beam_size`` 1), at temperature 0 only, without
+timestamps and without conditioning on earlier text: deterministic, and bounded in time.
+
+Session events, for metrics: ``stt_started`` (t_start, t_end, audio_s) for every run begun, discarded
+speculative ones included, and ``stt_run`` (audio_s, infer_s: compute time, wall_s: including the
+wait for the pool, text) for every run finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from ah.nodes.inference import load_shared, run_blocking
+from ah.nodes.model_store import MANIFEST, require
+from ah.runtime.sdk import AudioFrame, Input, Node, Output, Params, SessionEvent, TranscriptFrame, VadFrame
+
+# faster-whisper is given a local directory and never needs the hub; make sure nothing it imports tries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SR = 16000
+POOL = "whisper"
+PREROLL_S = 2.0  # audio kept before "now" while no one speaks: a VAD start points back in time
+MAX_BUFFER_S = 120.0  # never keep more than this, however long someone talks
+
+
+def known_models() -> list[str]:
+    return [name.removeprefix("whisper-") for name in MANIFEST if name.startswith("whisper-")]
+
+
+def _is_path(model: str) -> bool:
+    return "/" in model or model.startswith(".")
+
+
+class WhisperSttParams(Params):
+    model: str = Field(
+        "tiny.en",
+        description="Whisper model: a name from `ah models list` without 'whisper-', or a CTranslate2 model dir.",
+    )
+    language: str = Field("en", min_length=2, max_length=8, description="Spoken language (ISO 639-1).")
+    beam_size: int = Field(1, ge=1, le=10, description="Beam width (1: greedy, the fastest).")
+    speculative: bool = Field(
+        True, description="Start transcribing at each tentative end of speech; redo it if speech resumes."
+    )
+    endpoint_silence_ms: int = Field(
+        300,
+        ge=0,
+        le=5000,
+        description="Silence that closes an utterance; sooner speech is merged. Keep ≤ the turn policy's.",
+    )
+    pad_ms: int = Field(100, ge=0, le=1000, description="Audio added before and after each utterance.")
+    cpu_threads: int = Field(
+        1, ge=1, le=16, description="Compute threads (2 is ~25 % faster on 2 cores, loop lag higher)."
+    )
+    no_speech_threshold: float = Field(
+        0.6, ge=0, le=1, description="Whisper's no-speech probability above which a quiet result is dropped."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if not _is_path(v) and f"whisper-{v}" not in MANIFEST:
+            raise ValueError(
+                f"unknown Whisper model {v!r}; known: {', '.join(known_models())} (or a model directory)"
+            )
+        return v
+
+
+@dataclass(slots=True)
+class Recognition:
+    text: str
+    confidence: float | None
+
+
+def model_path(model: str) -> Path:
+    """The directory of Whisper model ``model``: :class:`ModelMissing` names the fix when it is absent."""
+    if _is_path(model):
+        path = Path(model).expanduser()
+        if not (path / "model.bin").is_file():
+            raise FileNotFoundError(f"{path} is not a CTranslate2 Whisper model directory (no model.bin)")
+        return path
+    return require(f"whisper-{model}")  # missing: `ah models pull whisper-<name>`
+
+
+def _load(path: str, threads: int) -> Any:
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=threads, num_workers=1)
+
+
+def recognize(
+    model: Any, audio: np.ndarray, *, language: str, beam_size: int, no_speech_threshold: float
+) -> Recognition:
+    """Transcribe float32 16 kHz ``audio`` (blocking: run it on the pool)."""
+    segments, _info = model.transcribe(
+        audio,
+        language=language,
+        beam_size=beam_size,
+        temperature=0.0,
+        without_timestamps=True,
+        vad_filter=False,
+        condition_on_previous_text=False,
+        no_speech_threshold=no_speech_threshold,
+    )
+    texts: list[str] = []
+    logprob = 0.0
+    tokens = 0
+    for seg in segments:
+        text = seg.text.strip()
+        if not text or (seg.no_speech_prob > no_speech_threshold and seg.avg_logprob < -1.0):
+            continue
+        # avg_logprob is the sum over the segment's tokens and its end token, divided by their count.
+        n = len(seg.tokens) + 1
+        logprob += seg.avg_logprob * n
+        tokens += n
+        texts.append(text)
+    text = " ".join(texts)
+    if not any(c.isalnum() for c in text):
+        return Recognition("", None)
+    return Recognition(text, math.exp(logprob / tokens))
+
+
+class _Audio:
+    """The recent audio of one session, addressed by sample index from the start of the stream."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.first = 0  # sample index of buf[0]
+        self.received = 0
+        self.done = False
+        self.holds: list[int] = []  # sample indices a pending job still needs
+        self.more = asyncio.Event()
+
+    def append(self, pcm: bytes, keep_from: int) -> None:
+        self.buf += pcm
+        self.received += len(pcm) // 2
+        floor = min([keep_from, self.received - int(PREROLL_S * SR), *self.holds])
+        floor = max(floor, self.received - int(MAX_BUFFER_S * SR))
+        if floor > self.first:
+            del self.buf[: (floor - self.first) * 2]
+            self.first = floor
+        self.more.set()
+
+    def finish(self) -> None:
+        self.done = True
+        self.more.set()
+
+    async def wait_for(self, sample: int) -> None:
+        while self.received < sample and not self.done:
+            self.more.clear()
+            await self.more.wait()
+
+    def slice(self, a: int, b: int) -> np.ndarray:
+        a = max(a, self.first)
+        b = min(b, self.received)
+        raw = self.buf[(a - self.first) * 2 : (b - self.first) * 2] if b > a else b""
+        return np.frombuffer(bytes(raw), dtype="<i2").astype(np.float32) / 32768.0
+
+
+class WhisperSttLocal(Node[WhisperSttParams]):
+    """Final transcripts of VAD-delimited utterances from faster-whisper, with ASR confidence."""
+
+    summary = "local Whisper STT (faster-whisper), tiny.en by default"
+    params_model = WhisperSttParams
+    audio = Input(AudioFrame, doc="user audio (16 kHz mono PCM16), usually the VAD's passthrough")
+    vad = Input(VadFrame, doc="speech start / end / score, on the same audio time line")
+    transcripts = Output(TranscriptFrame, doc="one final transcript per utterance, with confidence")
+
+    async def setup(self) -> None:
+        p = self.params
+        path = model_path(p.model)
+        if p.model.endswith(".en") and p.language != "en":
+            raise ValueError(
+                f"Whisper model {p.model!r} is English-only; language {p.language!r} needs another"
+            )
+        threads = p.cpu_threads
+        self._model = await load_shared(
+            "faster-whisper", path, lambda: _load(str(path), threads), pool=POOL, threads=threads
+        )
+
+    # -- running ---------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._audio = _Audio()
+        self._finals: asyncio.Queue[tuple[asyncio.Task[Recognition], float, float] | None] = asyncio.Queue()
+        self._utt_start: float | None = None  # audio time the current utterance began
+        self._utt_end = 0.0
+        self._utt_upto: float | None = 0.0  # how far the VAD had judged when the utterance ended
+        self._speaking = False
+        self._deadline: float | None = None  # VAD time at which the utterance is final
+        self._vad_t = 0.0  # how far the VAD has reported
+        self._job: asyncio.Task[Recognition] | None = None  # speculative transcription of it
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            tg.create_task(self._audio_loop())
+            tg.create_task(self._vad_loop())
+            tg.create_task(self._emit_loop())
+
+    async def _audio_loop(self) -> None:
+        pad = self.params.pad_ms / 1000
+        async for frame in self.audio:
+            if frame.sample_rate != SR:
+                raise ValueError(f"stt.whisper_local needs {SR} Hz audio, got {frame.sample_rate} Hz")
+            start = self._utt_start
+            keep_from = int((start - pad) * SR) if start is not None else self._audio.received
+            self._audio.append(frame.pcm, keep_from)
+        self._audio.finish()
+
+    async def _vad_loop(self) -> None:
+        gap = self.params.endpoint_silence_ms / 1000
+        async for ev in self.vad:
+            self._vad_t = max(self._vad_t, ev.t)
+            if ev.kind == "start":
+                self._speaking = True
+                self._deadline = None
+                if self._utt_start is None:
+                    self._utt_start = ev.t
+                elif self._job is not None:  # speech resumed: that transcript is stale
+                    self._job.cancel()
+                    self._job = None
+            elif ev.kind == "end" and self._speaking:
+                self._speaking = False
+                self._utt_end = ev.t
+                self._utt_upto = self._vad_t
+                self._deadline = self._vad_t + gap
+                if self.params.speculative:
+                    self._job = self._start(self._utt_start or 0.0, ev.t, self._vad_t)
+            if self._deadline is not None and self._vad_t >= self._deadline - 1e-9:
+                self._close()
+        # End of the stream: what was said so far is final.
+        if self._utt_start is not None:
+            if self._speaking:
+                self._utt_end = max(self._vad_t, self._audio.received / SR)
+                self._utt_upto = None  # up to the end of the audio
+            self._close()
+        self._finals.put_nowait(None)
+
+    def _close(self) -> None:
+        """The current utterance is final: queue its transcript (the speculative one if there is one)."""
+        assert self._utt_start is not None
+        job = self._job
+        if job is None:
+            job = self._start(self._utt_start, self._utt_end, self._utt_upto)
+        self._finals.put_nowait((job, self._utt_start, self._utt_end))
+        self._utt_start = None
+        self._deadline = None
+        self._job = None
+
+    def _start(self, t0: float, t1: float, upto: float | None) -> asyncio.Task[Recognition]:
+        """Transcribe [t0 - pad, t1 + pad], but no further than ``upto`` (what the VAD has judged):
+        the trailing pad never delays the start, and the audio a run hears depends on the VAD's time
+        line only, not on how far ahead the audio happens to be."""
+        pad = self.params.pad_ms / 1000
+        a = max(0, round((t0 - pad) * SR))
+        b = round((t1 + pad) * SR)
+        if upto is not None:
+            b = max(min(b, round(upto * SR)), round(t1 * SR))
+        self._audio.holds.append(a)
+        # For metrics and tests: every run started, including speculative ones later discarded.
+        self.ctx.emit(SessionEvent("stt_started", data={"t_start": t0, "t_end": t1, "audio_s": (b - a) / SR}))
+        return self._tg.create_task(self._transcribe(a, b))
+
+    async def _transcribe(self, a: int, b: int) -> Recognition:
+        try:
+            await self._audio.wait_for(b)
+            samples = self._audio.slice(a, b)
+        finally:
+            self._audio.holds.remove(a)
+        p = self.params
+        model = self._model
+
+        def work() -> tuple[Recognition, float]:  # on the pool: times the compute alone
+            t = time.perf_counter()
+            out = recognize(
+                model,
+                samples,
+                language=p.language,
+                beam_size=p.beam_size,
+                no_speech_threshold=p.no_speech_threshold,
+            )
+            return out, time.perf_counter() - t
+
+        t = time.perf_counter()
+        result, infer_s = await run_blocking(POOL, work)
+        # For metrics and tests: compute time, and time from asking to answer (queueing included).
+        self.ctx.emit(
+            SessionEvent(
+                "stt_run",
+                data={
+                    "audio_s": len(samples) / SR,
+                    "infer_s": infer_s,
+                    "wall_s": time.perf_counter() - t,
+                    "text": result.text,
+                },
+            )
+        )
+        return result
+
+    async def _emit_loop(self) -> None:
+        while (item := await self._finals.get()) is not None:
+            job, t0, t1 = item
+            result = await job
+            if result.text:
+                await self.transcripts.send(TranscriptFrame(result.text, True, result.confidence, t0, t1))

@@ -1,0 +1,166 @@
+"""``vad.silero`` on real audio: one segment per utterance near the true bounds, exact and per-session.
+
+The fixtures are Piper-made user speech (tests/fixtures/audio/make_fixtures.py); the true speech bounds
+come from each file's own energy. Every run is deterministic (ONNX Runtime on one thread), so two runs
+of the same audio must give identical scores, whatever the frame size and whatever runs beside them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ah.nodes.model_store import MANIFEST, ModelMissing, is_present
+from ah.runtime.frames import AudioFrame, VadFrame
+from ah.runtime.graph_loader import GraphValidationError
+from ah.runtime.session import Session
+from tests.audio_nodes import energy_bounds, fixture_meta, read_wav, session, utterances
+from tests.runtime_nodes import frames_of
+
+pytestmark = pytest.mark.skipif(
+    not is_present(MANIFEST["silero-vad"]), reason="silero-vad model not pulled (ah models pull silero-vad)"
+)
+
+GRAPH = """
+graph: vad_test
+nodes:
+  src:  {type: test.wav_source, params: {files: [%(files)s], frame_ms: %(frame_ms)d}}
+  vad:  {type: vad.silero%(params)s}
+  ev:   {type: test.recorder}
+  pcm:  {type: test.recorder}
+edges:
+  - src.audio -> vad.audio
+  - vad.events -> ev.inp
+  - vad.audio_out -> pcm.inp
+"""
+
+
+def vad_session(files: str, frame_ms: int = 20, params: str = "") -> Session:
+    return session(GRAPH % {"files": files, "frame_ms": frame_ms, "params": params})
+
+
+def run_all(*sessions: Session) -> None:
+    async def main() -> None:
+        results = await asyncio.wait_for(asyncio.gather(*(s.run() for s in sessions)), 60)
+        for r in results:
+            assert r.ok, r.failure
+
+    asyncio.run(main())
+
+
+def vad_events(s: Session) -> list[VadFrame]:
+    out = []
+    for f in frames_of(s, "ev"):
+        assert isinstance(f, VadFrame)
+        out.append(f)
+    return out
+
+
+def changes(s: Session) -> list[tuple[str, float]]:
+    return [(f.kind, f.t) for f in vad_events(s) if f.kind != "score"]
+
+
+def scores(s: Session) -> list[float]:
+    return [f.score for f in vad_events(s) if f.kind == "score"]
+
+
+def test_one_segment_per_utterance_near_the_true_bounds() -> None:
+    names = utterances()
+    sessions = [vad_session(n) for n in names]
+    run_all(*sessions)  # side by side: they share the model, never its state
+    for name, s in zip(names, sessions, strict=True):
+        true_start, true_end = energy_bounds(name)
+        segs = changes(s)
+        assert [k for k, _ in segs] == ["start", "end"], (name, segs)
+        (_, start), (_, end) = segs
+        assert true_start - 0.1 <= start <= true_start + 0.05, (name, start, true_start)
+        assert true_end - 0.05 <= end <= true_end + 0.25, (name, end, true_end)
+        sc = scores(s)
+        assert len(sc) == len(read_wav(name)) // 512
+        assert all(0.0 <= x <= 1.0 for x in sc)
+        assert max(sc) > 0.9 and min(sc) < 0.1
+        ts = [f.t for f in vad_events(s) if f.kind == "score"]
+        assert ts == pytest.approx([(i + 1) * 0.032 for i in range(len(ts))])
+    assert len({id(s.nodes["vad"]._model) for s in sessions}) == 1  # type: ignore[attr-defined]
+    # The audio passes through unchanged.
+    pcm = b"".join(f.pcm for f in frames_of(sessions[0], "pcm") if isinstance(f, AudioFrame))
+    assert pcm == read_wav(names[0]).tobytes()
+
+
+def test_a_pause_splits_speech_and_a_cough_is_not_speech() -> None:
+    pause, cough = vad_session("pause_700ms.wav"), vad_session("cough.wav")
+    run_all(pause, cough)
+    spans = fixture_meta()["pause_700ms.wav"]["speech"]
+    segs = changes(pause)
+    assert [k for k, _ in segs] == ["start", "end", "start", "end"], segs
+    for (a, b), (_, start), (_, end) in zip(spans, segs[0::2], segs[1::2], strict=True):
+        assert a - 0.1 <= start <= a + 0.05 and b - 0.05 <= end <= b + 0.25, (spans, segs)
+    assert changes(cough) == []
+    assert max(scores(cough)) < 0.5
+
+
+def test_state_does_not_leak_between_sessions_nor_depend_on_frame_size() -> None:
+    a_alone, b_alone = vad_session("user_01.wav"), vad_session("user_02.wav")
+    run_all(a_alone)
+    run_all(b_alone)
+    # Side by side, interleaved frame by frame, and with 1 s frames (scored off the event loop).
+    a_beside, b_beside = vad_session("user_01.wav"), vad_session("user_02.wav")
+    run_all(a_beside, b_beside)
+    a_big = vad_session("user_01.wav", frame_ms=1000)
+    run_all(a_big)
+    assert scores(a_beside) == scores(a_alone) == scores(a_big)
+    assert scores(b_beside) == scores(b_alone)
+    assert changes(a_beside) == changes(a_alone) == changes(a_big)
+    assert changes(b_beside) == changes(b_alone)
+    assert scores(a_alone) != scores(b_alone)[: len(scores(a_alone))]
+
+
+def test_thresholds_and_timing_params_change_decisions() -> None:
+    strict = vad_session("pause_700ms.wav", params=", params: {min_silence_ms: 1000, speech_pad_ms: 0}")
+    run_all(strict)
+    segs = changes(strict)
+    assert [k for k, _ in segs] == ["start", "end"], segs  # the 700 ms pause no longer ends the segment
+    with pytest.raises(GraphValidationError, match="neg_threshold"):
+        vad_session("user_01.wav", params=", params: {threshold: 0.3, neg_threshold: 0.6}")
+
+
+def test_a_missing_model_fails_the_session_at_setup_naming_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AH_MODELS_DIR", str(tmp_path))
+    s = vad_session("user_01.wav")
+    result = asyncio.run(s.run())
+    assert not result.ok and result.failure is not None
+    assert result.failure.node_id == "vad"
+    assert isinstance(result.failure.error, ModelMissing)
+    assert "ah models pull silero-vad" in str(result.failure.error)
+    assert frames_of(s) == []  # it failed before any node ran
+
+
+def test_per_window_cost_inline_and_off_loop() -> None:
+    """Prints what the inline / off-loop choice in nodes/vad_silero.py rests on (not asserted)."""
+    from ah.nodes.inference import run_blocking
+    from ah.nodes.vad_silero import POOL, WINDOW, _load_model, _Scorer
+
+    x = read_wav("user_03.wav").astype(np.float32) / 32768
+    n = len(x) // WINDOW
+    scorer = _Scorer(_load_model())
+
+    async def main() -> tuple[float, float]:
+        t = time.perf_counter()
+        for i in range(n):
+            scorer.score(x[i * WINDOW : (i + 1) * WINDOW])
+        inline = (time.perf_counter() - t) / n
+        t = time.perf_counter()
+        for i in range(n):
+            await run_blocking(POOL, scorer.score, x[i * WINDOW : (i + 1) * WINDOW])
+        return inline, (time.perf_counter() - t) / n
+
+    inline, pooled = asyncio.run(main())
+    print(
+        f"\nvad.silero per 512-sample window: inline {inline * 1e3:.3f} ms, via the pool {pooled * 1e3:.3f} ms"
+    )
