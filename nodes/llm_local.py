@@ -253,6 +253,13 @@ class LocalLlm(Node[LocalLlmParams]):
             raise RuntimeError(f"{self.id}: the model is loaded in setup()")
         return self._model
 
+    @classmethod
+    async def preload(cls, params: Params) -> None:
+        assert isinstance(params, LocalLlmParams)
+        path = gguf_path(params.model)
+        n = params.n_threads
+        await load_shared("llama", path, functools.partial(_load, path, n), pool=POOL, n_threads=n)
+
     async def setup(self) -> None:
         # A missing model fails the session here, at graph start, naming `ah models pull <name>`.
         path = gguf_path(self.params.model)

@@ -198,6 +198,15 @@ class WhisperSttLocal(Node[WhisperSttParams]):
     vad = Input(VadFrame, doc="speech start / end / score, on the same audio time line")
     transcripts = Output(TranscriptFrame, doc="one final transcript per utterance, with confidence")
 
+    @classmethod
+    async def preload(cls, params: Params) -> None:
+        assert isinstance(params, WhisperSttParams)
+        path = model_path(params.model)
+        threads = params.cpu_threads
+        await load_shared(
+            "faster-whisper", path, lambda: _load(str(path), threads), pool=POOL, threads=threads
+        )
+
     async def setup(self) -> None:
         p = self.params
         path = model_path(p.model)

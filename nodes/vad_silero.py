@@ -154,6 +154,10 @@ class SileroVad(Node[SileroVadParams]):
     audio_out = Output(AudioFrame, doc="the same audio, for STT")
     events = Output(VadFrame, doc="start / end / score (speech probability per 32 ms window)")
 
+    @classmethod
+    async def preload(cls, params: Params) -> None:
+        await load_shared("onnx", require(MODEL) / "silero_vad.onnx", _load_model, pool=POOL)
+
     async def setup(self) -> None:
         path = require(MODEL)  # missing: fails the session now, naming `ah models pull silero-vad`
         self._model = await load_shared("onnx", path / "silero_vad.onnx", _load_model, pool=POOL)
