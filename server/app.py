@@ -97,6 +97,7 @@ class AgentServer:
         self.draining = False
         self.started_sessions = 0
         self.failed_sessions = 0
+        self.refused_sessions = 0  # closed with 1013 at the session limit
         self._server: Server | None = None
         self._stopped = asyncio.Event()
         self._idle = asyncio.Event()
@@ -213,6 +214,7 @@ class AgentServer:
         if self.at_capacity():
             # Admission, not collapse: refused at once, before a single node starts, so the sessions
             # already running keep their latency; /readyz says 503 meanwhile so a balancer looks elsewhere.
+            self.refused_sessions += 1
             log.info("refused a session to %s: at the session limit (%d)", agent_id, self.config.max_sessions)
             await conn.close(
                 1013, f"try again later: this server is at its session limit ({self.config.max_sessions})"
