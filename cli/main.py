@@ -273,6 +273,14 @@ def run(
             "restarts a worker that dies and SIGTERM drains them all; --max-sessions is per worker.",
         ),
     ] = 1,
+    compression: Annotated[
+        bool,
+        typer.Option(
+            "--compression/--no-compression",
+            help="Offer permessage-deflate on the WebSocket (off: audio barely compresses, and compressing "
+            "costs CPU per message).",
+        ),
+    ] = False,
     listen_fd: Annotated[
         int | None, typer.Option(hidden=True, help="(worker) inherited listening socket")
     ] = None,
@@ -316,6 +324,7 @@ def run(
         max_sessions=max_sessions,
         drain_timeout_s=drain_timeout,
         listen_fd=listen_fd,
+        compression=compression,
     )
     try:
         server = AgentServer(graphs, config, policy)
@@ -326,6 +335,7 @@ def run(
         worker_args = [str(target), "--host", host, "--access", access.value]
         worker_args += ["--max-message-bytes", str(max_message_bytes), "--max-sessions", str(max_sessions)]
         worker_args += ["--drain-timeout", str(drain_timeout)]
+        worker_args.append("--compression" if compression else "--no-compression")
         for origin in allowed_origin or []:
             worker_args += ["--allowed-origin", origin]
         if verbose:

@@ -54,6 +54,11 @@ class ServerConfig:
     # every worker accepts from it); when set, host and port are not bound here.
     listen_fd: int | None = None
     backlog: int = 1024  # connections the kernel queues before one is accepted (a burst of sessions)
+    # permessage-deflate on the WebSocket. Off by default: nearly every byte is base64 PCM audio, which
+    # deflate shrinks little (mostly the base64 overhead back), while compressing every message costs
+    # about a tenth of the server's CPU per session (experiments/capacity.py, --compression) and a
+    # zlib context per direction per connection. Turn it on for thin links carrying mostly text.
+    compression: bool = False
 
 
 def instance_name() -> str:
@@ -269,6 +274,7 @@ class AgentServer:
             self._handle,
             **where,
             backlog=self.config.backlog,
+            compression="deflate" if self.config.compression else None,
             process_request=self._process_request,
             process_response=self._process_response,
             select_subprotocol=_select_subprotocol,
