@@ -138,6 +138,20 @@ def summarise_level(level: Level, lag: dict[str, list[float]], rss_idle_mb: floa
         "wall_s": round(wall, 2),
         "turns": len(turns),
         "response_latency_ms": dist(latencies, 1000, 1),
+        # The two halves: last voiced chunk -> user_transcript (VAD, endpoint silence, STT), and
+        # user_transcript -> first audio (LLM, TTS, protocol out).
+        "transcript_latency_ms": dist(
+            [t.transcript_at - t.burst_end for t in turns if t.transcript_at is not None], 1000, 1
+        ),
+        "reply_after_transcript_ms": dist(
+            [
+                t.first_audio_at - t.transcript_at
+                for t in turns
+                if t.first_audio_at is not None and t.transcript_at is not None
+            ],
+            1000,
+            1,
+        ),
         "server_event_loop_lag_ms": dist(lag_ms, 1000, 2),
         "server_event_loop_lag_cause": lag_cause,
         "server_cores_used": round(level.cpu_s / wall, 3) if wall else None,
