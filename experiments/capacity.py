@@ -1,6 +1,6 @@
 """Capacity of one ``ah`` process: ramp concurrent real-time voice sessions, level by level.
 
-Run it with ``.venv/bin/python experiments/capacity.py`` (``--levels 1,25,50,100,125 --turns 2``).
+Run it with ``.venv/bin/python experiments/capacity.py`` (``--levels 1,25,50,100,150 --turns 2``).
 Issue 9 point 1: how many sessions one process carries before the ones it has slow down.
 
 Processes, so that the clients' own load can be told apart from the server's:
@@ -204,7 +204,10 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
             console=console,
         ) as progress:
             for n in args.levels:
-                task = progress.add_task(f"{n} sessions", total=n * args.turns)
+                # The 1-session baseline runs 3x the turns (the same mix of replies), so that its p99
+                # comes from more than a couple of samples.
+                turns = args.turns * 3 if n == 1 else args.turns
+                task = progress.add_task(f"{n} sessions", total=n * turns)
                 level = Level(n)
                 level.rss_before_mb = level.rss_peak_mb = proc_rss_mb(server.pid)
 
@@ -223,7 +226,7 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
                     await asyncio.gather(
                         *(
                             run_session(
-                                url, f"user{i:03d}", args.turns, level.starts[i],
+                                url, f"user{i:03d}", turns, level.starts[i],
                                 lambda t=task: progress.advance(t),
                             )
                             for i in range(n)
@@ -334,12 +337,16 @@ def main() -> None:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 25, 50, 100, 125]
+        "--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 25, 50, 100, 150]
     )
     parser.add_argument("--turns", type=int, default=2, help="voice turns per session")
     parser.add_argument("--graph", type=Path, default=DEFAULT_GRAPH, help="graph to serve (a voice graph)")
     parser.add_argument(
-        "--stagger-s", type=float, default=2.0, help="sessions of a level start over this long"
+        "--stagger-s",
+        type=float,
+        default=6.0,
+        help="sessions of a level start over this long (default: about one turn cycle, so the sessions "
+        "are at all phases of a turn, as independent users are, not speaking in lockstep)",
     )
     parser.add_argument("--pause-s", type=float, default=2.0, help="pause between levels")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server process")
