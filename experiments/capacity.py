@@ -41,6 +41,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from experiments.fake_providers import FakeSettings, start_fakes, stop_fakes  # noqa: E402
 from experiments.protocol_load import (  # noqa: E402 - this folder is not a package on sys.path by default
     LagProbe,
     SessionRun,
@@ -224,6 +225,10 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="ah_capacity_"))
     stats_file, server_log = tmp / "server.json", tmp / "server.log"
     env = {**os.environ, **dict(kv.split("=", 1) for kv in args.env)}
+    fakes = None
+    if args.fakes:  # the cloud graph's providers, faked in a process of their own
+        fakes, fake_env = await start_fakes(FakeSettings(), tmp / "fakes.json")
+        env.update(fake_env)
     with server_log.open("wb") as log_f:
         server = await asyncio.create_subprocess_exec(
             sys.executable, SELF, "--_serve", str(args.graph), str(stats_file), str(args.profile or ""),
@@ -304,6 +309,8 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
                 await asyncio.sleep(args.pause_s)  # the server winds the sessions down between levels
     finally:
         lag_task.cancel()
+        if fakes is not None:
+            await stop_fakes(fakes, tmp / "fakes.json")
         if server.returncode is None:
             server.send_signal(signal.SIGTERM)
             try:
@@ -434,6 +441,11 @@ def main() -> None:
         "are at all phases of a turn, as independent users are, not speaking in lockstep)",
     )
     parser.add_argument("--pause-s", type=float, default=2.0, help="pause between levels")
+    parser.add_argument(
+        "--fakes",
+        action="store_true",
+        help="start the fake Groq and ElevenLabs servers and point the server at them (graphs/cloud.yaml)",
+    )
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server process")
     parser.add_argument(
         "--profile", type=Path, help="diagnosis: cProfile the server process into this file (slows it down)"
@@ -478,6 +490,7 @@ def main() -> None:
             "graph": str(graph.relative_to(ROOT)) if graph.is_relative_to(ROOT) else str(graph),
             "stagger_s": args.stagger_s,
             "compression": args.compression,
+            "fakes": FakeSettings().__dict__ if args.fakes else None,
             "admission_limit": args.admission,
             "excess_rate": args.excess_rate,
         },

@@ -45,6 +45,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from experiments.fake_providers import FakeSettings, start_fakes, stop_fakes  # noqa: E402
 from experiments.protocol_load import (  # noqa: E402 - this folder is not a package on sys.path by default
     dist,
     machine_info,
@@ -273,10 +274,16 @@ async def run(args: argparse.Namespace, console: Any) -> dict[str, Any]:
 
     tmp = Path(tempfile.mkdtemp(prefix="ah_soak_"))
     stats_file, server_log = tmp / "server.json", tmp / "server.log"
+    env = dict(os.environ)
+    fakes = None
+    if args.fakes:  # provider faults: 1 % 500s and a dropped connection every few minutes
+        settings = FakeSettings(groq_faults=args.groq_faults, tts_faults=args.tts_faults)
+        fakes, fake_env = await start_fakes(settings, tmp / "fakes.json")
+        env.update(fake_env)
     with server_log.open("wb") as log_f:
         server = await asyncio.create_subprocess_exec(
             sys.executable, SELF, "--_serve", str(args.graph), str(stats_file),
-            stdout=asyncio.subprocess.PIPE, stderr=log_f, cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=log_f, cwd=ROOT, env=env,
         )  # fmt: skip
     assert server.stdout is not None
     line = (await asyncio.wait_for(server.stdout.readline(), 120)).decode().split()
@@ -311,6 +318,7 @@ async def run(args: argparse.Namespace, console: Any) -> dict[str, Any]:
         await asyncio.sleep(2.0)  # every client has gone: the server must have no session left
         rss.append((now() - t_start, proc_rss_mb(server.pid)))
     finally:
+        injected = await stop_fakes(fakes, tmp / "fakes.json") if fakes is not None else {}
         if server.returncode is None:
             server.send_signal(signal.SIGTERM)
             try:
@@ -320,7 +328,9 @@ async def run(args: argparse.Namespace, console: Any) -> dict[str, Any]:
                 await server.wait()
     served = json.loads(stats_file.read_text()) if stats_file.exists() else {"sessions": []}
     server_sessions = [(t - t_start, n) for t, n in served["sessions"]]
-    return summarise(args, stats, rss, server_sessions, served, server_log.read_text()[-3000:])
+    result = summarise(args, stats, rss, server_sessions, served, server_log.read_text()[-3000:])
+    result["provider_faults"] = injected
+    return result
 
 
 def summarise(
@@ -430,6 +440,15 @@ def main() -> None:
     parser.add_argument(
         "--warmup-s", type=float, default=120.0, help="memory baseline: this long after start"
     )
+    parser.add_argument(
+        "--fakes",
+        action="store_true",
+        help="start the fake Groq and ElevenLabs servers with faults and point the server at them "
+        "(use with --graph graphs/cloud.yaml)",
+    )
+    # ~375 turns a minute at 50 sessions, ~3 provider requests a turn: 0.001 is a drop every few minutes.
+    parser.add_argument("--groq-faults", default="500=0.01,disconnect=0.001")
+    parser.add_argument("--tts-faults", default="disconnect=0.001")
     parser.add_argument("--name", default="soak")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON and the plot go")
     args = parser.parse_args()
@@ -456,6 +475,7 @@ def main() -> None:
             "graph": str(graph.relative_to(ROOT)) if graph.is_relative_to(ROOT) else str(graph),
             "abort_rate": args.abort_rate,
             "turn_timeout_s": args.turn_timeout_s,
+            "fakes": {"groq_faults": args.groq_faults, "tts_faults": args.tts_faults} if args.fakes else None,
         },
         "machine": machine,
         **result,
@@ -466,7 +486,7 @@ def main() -> None:
     out.write_text(json.dumps(doc, indent=1) + "\n")
     keys = ("sessions_started", "turns", "replies", "turns_answered_by_error", "hung_turns",
             "client_disconnects_injected", "failed_sessions", "response_latency_ms", "rss_mb",
-            "server_sessions_left_after_clients_gone", "verdict")  # fmt: skip
+            "server_sessions_left_after_clients_gone", "provider_faults", "verdict")  # fmt: skip
     for k in keys:
         console.print(f"{k}: {result[k]}", markup=False)
     console.print(f"wrote {out} and {png}")
