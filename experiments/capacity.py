@@ -207,6 +207,26 @@ def summarise_level(level: Level, lag: dict[str, list[float]], rss_idle_mb: floa
     }
 
 
+def use_speech(wav: Path) -> None:
+    """Clients say the speech of ``wav`` (its voiced part, per tests/fixtures/audio/transcripts.json)
+    instead of a tone: Silero VAD (graphs/cloud.yaml) hears speech, not a sine. protocol_load's client
+    takes its audio from ``_chunks()``; this process swaps that one function."""
+    import wave
+
+    import experiments.protocol_load as pl
+
+    with wave.open(str(wav)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2), wav
+        pcm = w.readframes(w.getnframes())
+    spans = json.loads((wav.parent / "transcripts.json").read_text()).get(wav.name, {}).get("speech")
+    if spans:
+        a, b = spans[0][0], spans[-1][1]
+        pcm = pcm[int(a * 16000) * 2 : int(b * 16000) * 2]
+    step = pl.CHUNK_BYTES
+    chunks = [pcm[i : i + step].ljust(step, b"\0") for i in range(0, len(pcm), step)]
+    pl._chunks = lambda: (chunks, bytes(step))
+
+
 async def hammer_excess(url: str, level: Level, rate: float) -> None:
     """While every session of the level is running (from just after the last one started, for 3 s;
     with --turns 2 or more a session outlasts the stagger), open ``rate`` extra connections a
@@ -227,7 +247,8 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
     env = {**os.environ, **dict(kv.split("=", 1) for kv in args.env)}
     fakes = None
     if args.fakes:  # the cloud graph's providers, faked in a process of their own
-        fakes, fake_env = await start_fakes(FakeSettings(), tmp / "fakes.json")
+        settings = FakeSettings() if args.provider_spread else FakeSettings().fixed()
+        fakes, fake_env = await start_fakes(settings, tmp / "fakes.json")
         env.update(fake_env)
     with server_log.open("wb") as log_f:
         server = await asyncio.create_subprocess_exec(
@@ -446,6 +467,18 @@ def main() -> None:
         action="store_true",
         help="start the fake Groq and ElevenLabs servers and point the server at them (graphs/cloud.yaml)",
     )
+    parser.add_argument(
+        "--speech",
+        type=Path,
+        help="a 16 kHz WAV the clients say each turn (default with --fakes: tests/fixtures/audio/user_01.wav; "
+        "otherwise a 1 s tone, which the energy VAD of the scripted graph hears)",
+    )
+    parser.add_argument(
+        "--provider-spread",
+        action="store_true",
+        help="fake providers with their log-normal spread (default: fixed at the medians, so that "
+        "what differs between levels is what load adds)",
+    )
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server process")
     parser.add_argument(
         "--profile", type=Path, help="diagnosis: cProfile the server process into this file (slows it down)"
@@ -468,6 +501,10 @@ def main() -> None:
     if args.levels[0] != 1:
         args.levels.insert(0, 1)  # the 1-session level is the baseline every other level is compared with
     console = Console()
+    if args.speech is None and args.fakes:
+        args.speech = ROOT / "tests" / "fixtures" / "audio" / "user_01.wav"
+    if args.speech is not None:
+        use_speech(args.speech)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     machine = machine_info()
     t0 = time.monotonic()
@@ -490,7 +527,10 @@ def main() -> None:
             "graph": str(graph.relative_to(ROOT)) if graph.is_relative_to(ROOT) else str(graph),
             "stagger_s": args.stagger_s,
             "compression": args.compression,
-            "fakes": FakeSettings().__dict__ if args.fakes else None,
+            "fakes": (FakeSettings() if args.provider_spread else FakeSettings().fixed()).__dict__
+            if args.fakes
+            else None,
+            "speech": str(args.speech) if args.speech else "1 s tone",
             "admission_limit": args.admission,
             "excess_rate": args.excess_rate,
         },

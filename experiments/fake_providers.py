@@ -37,6 +37,16 @@ class FakeSettings:
     groq_faults: str = ""  # e.g. "500=0.01,disconnect=0.002"
     tts_faults: str = ""
 
+    def fixed(self) -> FakeSettings:
+        """The same medians without the spread: for comparing load levels, where a log-normal tail would
+        make p99 differ between levels by sampling alone."""
+        m = {
+            k: v.split(":")[0]
+            for k, v in self.__dict__.items()
+            if k.startswith(("groq_t", "groq_s", "tts_c", "tts_t"))
+        }
+        return FakeSettings(**{**self.__dict__, **m})
+
     def argv(self) -> list[str]:
         return [self.groq_ttft, self.groq_token_gap, self.groq_stt, self.tts_connect, self.tts_ttfa,
                 self.groq_faults, self.tts_faults]  # fmt: skip
