@@ -121,6 +121,7 @@ class Level:
     end: float = 0.0
     cpu_s: float = 0.0
     client_cpu_s: float = 0.0
+    fakes_cpu_s: float = 0.0
     rss_before_mb: float = 0.0
     rss_peak_mb: float = 0.0
     runs: list[SessionRun] = field(default_factory=list)
@@ -197,6 +198,7 @@ def summarise_level(level: Level, lag: dict[str, list[float]], rss_idle_mb: floa
         "server_cores_used": round(level.cpu_s / wall, 3) if wall else None,
         "server_cpu_ms_per_session_s": round(1000 * level.cpu_s / audio_s, 2) if audio_s else None,
         "client_cores_used": round(level.client_cpu_s / wall, 3) if wall else None,
+        "fake_providers_cores_used": round(level.fakes_cpu_s / wall, 3) if wall else None,
         "server_rss_before_mb": round(level.rss_before_mb, 1),
         "server_rss_peak_mb": round(level.rss_peak_mb, 1),
         "mb_per_session": round((level.rss_peak_mb - rss_idle_mb) / level.sessions, 3),
@@ -300,6 +302,7 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
 
                 watcher = asyncio.get_running_loop().create_task(watch_rss())
                 cpu0, ccpu0 = proc_cpu_s(server.pid), time.process_time()
+                fcpu0 = proc_cpu_s(fakes.pid) if fakes is not None else 0.0
                 level.start = now()
                 t0 = level.start + 0.05
                 stagger = args.stagger_s / n if n > 1 else 0.0
@@ -325,6 +328,7 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
                 level.end = now()
                 level.cpu_s = proc_cpu_s(server.pid) - cpu0
                 level.client_cpu_s = time.process_time() - ccpu0
+                level.fakes_cpu_s = proc_cpu_s(fakes.pid) - fcpu0 if fakes is not None else 0.0
                 watcher.cancel()
                 levels.append(level)
                 await asyncio.sleep(args.pause_s)  # the server winds the sessions down between levels
