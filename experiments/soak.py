@@ -507,6 +507,12 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out, png = args.out_dir / f"{args.name}.json", args.out_dir / f"{args.name}.png"
     plot(result, png, f"soak: {args.sessions} sessions, {args.minutes:g} min, {doc['config']['graph']}")
+    # The plot has every point; the JSON keeps per-minute latency p99s and the series every 5 s.
+    doc["series"] = {
+        k: [[round(t, 1), round(x, 1)] for t, x in v[::5]]
+        for k, v in result["series"].items()
+        if k != "latency"
+    }
     out.write_text(json.dumps(doc, indent=1) + "\n")
     keys = ("sessions_started", "turns", "replies", "turns_answered_by_error", "hung_turns",
             "client_disconnects_injected", "failed_sessions", "response_latency_ms", "rss_mb",
