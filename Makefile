@@ -10,7 +10,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # GGML_NATIVE=OFF keeps the build portable across CPUs of the same architecture.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: models run test lint typecheck pytest setup bench-setup bench clean schema js-setup chromium espeak-ng
+.PHONY: models run test lint typecheck pytest setup bench-setup bench clean schema js-setup chromium espeak-ng nginx
 
 # uv lives in its own small venv so that `uv sync` (which makes .venv exactly match the lock) never removes it.
 $(UV):
@@ -30,7 +30,7 @@ models: setup
 run: setup models
 	$(VENV)/bin/ah run $(GRAPH)
 
-test: setup models js-setup espeak-ng lint typecheck pytest
+test: setup models js-setup espeak-ng nginx lint typecheck pytest
 
 # The JS client and browser tests (tests/test_js_clients.py, tests/test_browser.py) need the npm packages
 # pinned in tests/js/package-lock.json and Debian's Chromium; without Node.js or Chromium they skip.
@@ -56,6 +56,15 @@ espeak-ng:
 			echo "installing espeak-ng (apt) for tts.espeak"; \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
 		else echo "espeak-ng not found (and not root): tts.espeak tests will be skipped (apt-get install espeak-ng)"; fi; \
+	fi
+
+# tests/test_nginx.py runs Debian's nginx with deploy/nginx.conf in front of two `ah` processes; without it, it skips.
+nginx:
+	@if [ ! -x /usr/sbin/nginx ] && ! command -v nginx >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing nginx (apt) for the load-balancer test"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
+		else echo "nginx not found (and not root): the load-balancer test will be skipped (apt-get install nginx)"; fi; \
 	fi
 
 lint: setup

@@ -258,8 +258,33 @@ def run(
         int, typer.Option(help="Largest client message accepted (larger: close 1009).")
     ] = 1 << 20,
     max_sessions: Annotated[
-        int, typer.Option(help="Session limit (0: none); past it new sessions get 1013.")
+        int,
+        typer.Option(
+            envvar="AH_MAX_SESSIONS",
+            help="Session limit per process (0: none); past it new sessions are closed at once with "
+            "1013 (try again later) and /readyz answers 503.",
+        ),
     ] = 0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            envvar="AH_WORKERS",
+            help="Worker processes sharing the port (1: serve in this process). With N > 1 a supervisor "
+            "restarts a worker that dies and SIGTERM drains them all; --max-sessions is per worker.",
+        ),
+    ] = 1,
+    compression: Annotated[
+        bool,
+        typer.Option(
+            "--compression/--no-compression",
+            help="Offer permessage-deflate on the WebSocket (off: audio barely compresses, and compressing "
+            "costs CPU per message).",
+        ),
+    ] = False,
+    listen_fd: Annotated[
+        int | None, typer.Option(hidden=True, help="(worker) inherited listening socket")
+    ] = None,
+    worker_id: Annotated[int, typer.Option(hidden=True, help="(worker) index, for the logs")] = 0,
     drain_timeout: Annotated[
         float, typer.Option(help="Seconds running sessions get to finish on SIGTERM.")
     ] = 30.0,
@@ -273,12 +298,16 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every node's messages.")] = False,
 ) -> None:
     """Serve graphs over the ElevenLabs Agents WebSocket protocol (or run one session with --once)."""
+    who = f"worker {worker_id} " if worker_id else ""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
+        level=logging.DEBUG if verbose else logging.INFO, format=f"%(asctime)s {who}%(name)s %(message)s"
     )
     if once:
         _run_once(_load_or_exit(target))
         return
+    if workers < 1:
+        err.print(f"--workers must be at least 1, got {workers}", markup=False)
+        raise typer.Exit(EXIT_USAGE)
     from ah.server.app import AgentServer, ServerConfig
 
     graphs = _graphs_to_serve(target)
@@ -294,16 +323,43 @@ def run(
         max_message_bytes=max_message_bytes,
         max_sessions=max_sessions,
         drain_timeout_s=drain_timeout,
+        listen_fd=listen_fd,
+        compression=compression,
     )
     try:
         server = AgentServer(graphs, config, policy)
     except ValueError as exc:  # e.g. a graph's `access: {mode: signed}` and no --api-key
         err.print(str(exc), markup=False)
         raise typer.Exit(EXIT_USAGE) from None
+    if workers > 1:
+        worker_args = [str(target), "--host", host, "--access", access.value]
+        worker_args += ["--max-message-bytes", str(max_message_bytes), "--max-sessions", str(max_sessions)]
+        worker_args += ["--drain-timeout", str(drain_timeout)]
+        worker_args.append("--compression" if compression else "--no-compression")
+        for origin in allowed_origin or []:
+            worker_args += ["--allowed-origin", origin]
+        if verbose:
+            worker_args.append("--verbose")
+        # Keys travel in the environment, not on a command line that `ps` shows.
+        env = {"AH_API_KEYS": " ".join(api_key)} if api_key else {}
+        env["AH_WORKERS"] = "1"
+        _supervise(server, worker_args, workers, env)
+        return
 
     async def _serve() -> None:
         await server.preload()
         await server.start()
+        if listen_fd is not None:  # a worker: the supervisor prints the banner once all are ready
+            from ah.server.workers import READY, watch_parent
+
+            sys.stdout.write(READY + "\n")
+            sys.stdout.flush()
+            watcher = asyncio.ensure_future(watch_parent(os.getppid(), server._on_signal))
+            try:
+                await server.serve_forever()
+            finally:
+                watcher.cancel()
+            return
         out.print(server.banner(), markup=False)
         sys.stdout.flush()  # a supervisor (or a test) reading a pipe sees the banner at once
         await server.serve_forever()
@@ -315,6 +371,43 @@ def run(
         raise typer.Exit(EXIT_RUN_FAILED) from None
     except KeyboardInterrupt:
         pass
+
+
+def _supervise(server: Any, worker_args: list[str], count: int, env: dict[str, str]) -> None:
+    """``ah run --workers N``: bind once, start N workers on that socket, print the banner, supervise."""
+    from ah.server.workers import Supervisor, bind_listener
+
+    config = server.config
+    try:
+        sock = bind_listener(config.host, config.port, config.backlog)
+    except OSError as exc:
+        err.print(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", markup=False)
+        raise typer.Exit(EXIT_RUN_FAILED) from None
+    server.port = sock.getsockname()[1]
+    supervisor = Supervisor(sock, worker_args, count, env=env)
+
+    async def _main() -> int:
+        try:
+            await supervisor.start()
+        except (RuntimeError, TimeoutError) as exc:
+            err.print(f"a worker could not start: {exc or 'not ready in time'}", markup=False)
+            return EXIT_RUN_FAILED
+        pids = ", ".join(str(w.pid) for w in supervisor.workers)
+        out.print(
+            server.banner().replace(
+                "\n  health:",
+                f"\n  workers: {count} processes on this port "
+                f"(pids {pids}; supervisor {os.getpid()}; a dead worker is restarted)\n  health:",
+                1,
+            ),
+            markup=False,
+        )
+        sys.stdout.flush()
+        return await supervisor.run()
+
+    code = _run_loop(_main())
+    if code:
+        raise typer.Exit(code)
 
 
 def _run_once(graph: Graph) -> None:

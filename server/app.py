@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +50,21 @@ class ServerConfig:
     drain_timeout_s: float = 30.0
     close_timeout_s: float = 5.0  # a client that does not answer our close in this long is cut off
     public_url: str | None = None  # base of signed URLs when behind a proxy
+    # A listening socket made by someone else (``ah run --workers N``: the supervisor binds once and
+    # every worker accepts from it); when set, host and port are not bound here.
+    listen_fd: int | None = None
+    backlog: int = 1024  # connections the kernel queues before one is accepted (a burst of sessions)
+    # permessage-deflate on the WebSocket. Off by default: nearly every byte is base64 PCM audio, which
+    # deflate shrinks little (mostly the base64 overhead back), while compressing every message costs
+    # about a tenth of the server's CPU per session (experiments/capacity.py, --compression) and a
+    # zlib context per direction per connection. Turn it on for thin links carrying mostly text.
+    compression: bool = False
+
+
+def instance_name() -> str:
+    """``host/pid``: which process answered, sent as ``X-Ah-Instance`` on every response, so that a
+    session seen through a load balancer (or among ``--workers``) can be traced to its process."""
+    return f"{socket.gethostname()}/{os.getpid()}"
 
 
 def _select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
@@ -85,6 +102,7 @@ class AgentServer:
         self.draining = False
         self.started_sessions = 0
         self.failed_sessions = 0
+        self.refused_sessions = 0  # closed with 1013 at the session limit
         self._server: Server | None = None
         self._stopped = asyncio.Event()
         self._idle = asyncio.Event()
@@ -92,6 +110,7 @@ class AgentServer:
         self._drain_deadline = 0.0
         self._drain_task: asyncio.Task[None] | None = None
         self.port = self.config.port
+        self.instance = instance_name()
 
     # -- HTTP ----------------------------------------------------------------------------------------------
     def _respond(
@@ -140,7 +159,7 @@ class AgentServer:
         if path == "/readyz":
             if self.draining:
                 return self._respond(503, "draining\n")
-            if self.config.max_sessions and len(self.sessions) >= self.config.max_sessions:
+            if self.at_capacity():
                 return self._respond(503, "at capacity\n")
             return self._respond(200, "ready\n")
         if path == "/":
@@ -176,6 +195,12 @@ class AgentServer:
             f"{SIGNED_URL_PATH}?agent_id=ID, /healthz, /readyz and / (talk page). Agents: {self._known()}\n",
         )
 
+    def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
+        response.headers["X-Ah-Instance"] = self.instance
+
+    def at_capacity(self) -> bool:
+        return bool(self.config.max_sessions) and len(self.sessions) >= self.config.max_sessions
+
     # -- WebSocket sessions --------------------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
@@ -191,8 +216,14 @@ class AgentServer:
         if self.draining:
             await conn.close(1013, "server is draining; try again")
             return
-        if self.config.max_sessions and len(self.sessions) >= self.config.max_sessions:
-            await conn.close(1013, "try again later: this server is at its session limit")
+        if self.at_capacity():
+            # Admission, not collapse: refused at once, before a single node starts, so the sessions
+            # already running keep their latency; /readyz says 503 meanwhile so a balancer looks elsewhere.
+            self.refused_sessions += 1
+            log.info("refused a session to %s: at the session limit (%d)", agent_id, self.config.max_sessions)
+            await conn.close(
+                1013, f"try again later: this server is at its session limit ({self.config.max_sessions})"
+            )
             return
         session = Session(graph, attachments={"connection": conn, "agent_id": agent_id, "query": query})
         self.sessions[session.id] = session
@@ -236,11 +267,16 @@ class AgentServer:
                     log.info("preloaded %s (%s) for %s in %.1f s", node.id, node.type_name, graph.name, took)
 
     async def start(self) -> None:
+        where: dict[str, Any] = {"host": self.config.host, "port": self.config.port}
+        if self.config.listen_fd is not None:
+            where = {"sock": socket.socket(fileno=self.config.listen_fd)}
         self._server = await serve(
             self._handle,
-            self.config.host,
-            self.config.port,
+            **where,
+            backlog=self.config.backlog,
+            compression="deflate" if self.config.compression else None,
             process_request=self._process_request,
+            process_response=self._process_response,
             select_subprotocol=_select_subprotocol,
             max_size=self.config.max_message_bytes,
             ping_interval=20,

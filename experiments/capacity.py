@@ -1,0 +1,387 @@
+"""Capacity of one ``ah`` process: ramp concurrent real-time voice sessions, level by level.
+
+Run it with ``.venv/bin/python experiments/capacity.py`` (``--levels 1,25,50,100,125 --turns 2``).
+Issue 9 point 1: how many sessions one process carries before the ones it has slow down.
+
+Processes, so that the clients' own load can be told apart from the server's:
+
+* the **server**: this file re-run as ``--_serve``: exactly what ``ah run GRAPH`` builds (``load_graph``,
+  ``AgentServer``, ``preload``, the uvloop event loop of ``ah run``, ``serve_forever``) plus an
+  event-loop lag probe (a 10 ms sleep in a loop; its overshoot), written out at SIGTERM;
+* the **fake providers** where the graph needs them (``--fakes``: the Groq and ElevenLabs fakes of
+  ``tests/fakes``, latencies as in the cloud benchmark), in a process of their own;
+* the **clients** (this process, on uvloop): N conversations streaming 40 ms ``user_audio_chunk``
+  messages paced to the wall clock and answering every ``ping`` (``experiments/protocol_load.py``'s
+  client). A turn: 1.0 s of loud tone, silence until the reply has been heard, 0.5 s more silence.
+
+Per level: response latency p50/p99 (last voiced chunk sent -> first agent audio received,
+ARCHITECTURE.md §5), server event-loop lag p99, server CPU (cores, and ms per session-second),
+memory per session (peak RSS during the level minus the RSS before the first session, / N), and
+errors (``error`` events, failed sessions, turns without a reply). The goal (issue 9): at >= 100
+sessions on 2 cores, p99 within 50 ms of the 1-session p99, < 5 MB per session, 0 errors.
+
+Writes ``experiments/results/capacity.json`` and ``capacity.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from experiments.protocol_load import (  # noqa: E402 - this folder is not a package on sys.path by default
+    LagProbe,
+    SessionRun,
+    dist,
+    lag_attribution,
+    machine_info,
+    now,
+    proc_cpu_s,
+    proc_rss_mb,
+    run_session,
+)
+
+SELF = str(Path(__file__).resolve())
+DEFAULT_GRAPH = ROOT / "tests" / "graphs" / "scripted_voice.yaml"
+RESULTS = ROOT / "experiments" / "results"
+GOAL_SESSIONS, GOAL_P99_DELTA_MS, GOAL_MB_PER_SESSION = 100, 50.0, 5.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The server process.
+
+
+def serve_child(graph_file: str, stats_file: str, profile_file: str = "", compression: str = "") -> None:
+    import cProfile
+    import logging
+
+    from ah.cli.main import _run_loop
+    from ah.runtime.graph_loader import load_graph
+    from ah.server.access import AccessPolicy
+    from ah.server.app import AgentServer, ServerConfig
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    lag = LagProbe()
+    graph = load_graph(Path(graph_file))
+    config = ServerConfig(port=0, drain_timeout_s=2.0, compression=compression == "1")
+    server = AgentServer({graph.name: graph}, config, AccessPolicy())
+
+    async def main() -> None:
+        await server.preload()
+        await server.start()
+        probe = asyncio.get_running_loop().create_task(lag.run())
+        print(f"PORT {server.port} {graph.name}", flush=True)
+        try:
+            await server.serve_forever()
+        finally:
+            probe.cancel()
+
+    profiler = cProfile.Profile() if profile_file else None
+    try:
+        if profiler is not None:
+            profiler.enable()
+        _run_loop(main())  # uvloop, as `ah run`
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile_file)
+        out = {
+            "lag": {"t": lag.t, "d": lag.lag, "c": lag.cpu},
+            "started_sessions": server.started_sessions,
+            "failed_sessions": server.failed_sessions,
+        }
+        Path(stats_file).write_text(json.dumps(out))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Levels.
+
+
+@dataclass
+class Level:
+    sessions: int
+    start: float = 0.0
+    end: float = 0.0
+    cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    rss_before_mb: float = 0.0
+    rss_peak_mb: float = 0.0
+    runs: list[SessionRun] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)
+
+
+def summarise_level(level: Level, lag: dict[str, list[float]], rss_idle_mb: float) -> dict[str, Any]:
+    runs = level.runs
+    turns = [t for r in runs for t in r.turns]
+    latencies = [t.latency_s for t in turns if t.latency_s is not None]
+    errors = sum(len(r.errors) for r in runs)
+    failures = [r.failure for r in runs if r.failure]
+    no_reply = sum(1 for t in turns if t.timed_out or t.first_audio_at is None)
+    wall = level.end - level.start
+    audio_s = sum(r.closed_at - t0 for r, t0 in zip(runs, level.starts, strict=True))  # session-seconds
+    lag_ms = [d for t, d in zip(lag["t"], lag["d"], strict=True) if level.start <= t <= level.end]
+    lag_cause = lag_attribution(lag, level.start, level.end) if lag.get("c") else {}
+    return {
+        "sessions": level.sessions,
+        "wall_s": round(wall, 2),
+        "turns": len(turns),
+        "response_latency_ms": dist(latencies, 1000, 1),
+        "server_event_loop_lag_ms": dist(lag_ms, 1000, 2),
+        "server_event_loop_lag_cause": lag_cause,
+        "server_cores_used": round(level.cpu_s / wall, 3) if wall else None,
+        "server_cpu_ms_per_session_s": round(1000 * level.cpu_s / audio_s, 2) if audio_s else None,
+        "client_cores_used": round(level.client_cpu_s / wall, 3) if wall else None,
+        "server_rss_before_mb": round(level.rss_before_mb, 1),
+        "server_rss_peak_mb": round(level.rss_peak_mb, 1),
+        "mb_per_session": round((level.rss_peak_mb - rss_idle_mb) / level.sessions, 3),
+        "errors": errors + len(failures) + no_reply,
+        "error_events": errors,
+        "failed_sessions": failures[:5],
+        "turns_without_reply": no_reply,
+    }
+
+
+async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    tmp = Path(tempfile.mkdtemp(prefix="ah_capacity_"))
+    stats_file, server_log = tmp / "server.json", tmp / "server.log"
+    env = {**os.environ, **dict(kv.split("=", 1) for kv in args.env)}
+    with server_log.open("wb") as log_f:
+        server = await asyncio.create_subprocess_exec(
+            sys.executable, SELF, "--_serve", str(args.graph), str(stats_file), str(args.profile or ""),
+            "1" if args.compression else "0",
+            stdout=asyncio.subprocess.PIPE, stderr=log_f, cwd=ROOT, env=env,
+        )  # fmt: skip
+    assert server.stdout is not None
+    line = (await asyncio.wait_for(server.stdout.readline(), 120)).decode().split()
+    if not line or line[0] != "PORT":
+        raise SystemExit(f"server did not start; see {server_log}:\n{server_log.read_text()[-2000:]}")
+    port, agent_id = int(line[1]), line[2]
+    url = f"ws://127.0.0.1:{port}/v1/convai/conversation?agent_id={agent_id}"
+    console.print(f"server pid {server.pid} on port {port} ({agent_id}); clients in pid {os.getpid()}")
+    levels: list[Level] = []
+    client_lag = LagProbe()
+    lag_task = asyncio.get_running_loop().create_task(client_lag.run())
+    try:
+        warm = await run_session(url, "warmup", 1, now(), lambda: None)
+        if warm.failure or not warm.turns or warm.turns[0].timed_out:
+            raise SystemExit(f"warm-up session failed: {warm.failure or 'turn timed out'}")
+        await asyncio.sleep(1.0)
+        rss_idle = proc_rss_mb(server.pid)
+        with Progress(
+            TextColumn("{task.description:<14}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("turns"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            for n in args.levels:
+                task = progress.add_task(f"{n} sessions", total=n * args.turns)
+                level = Level(n)
+                level.rss_before_mb = level.rss_peak_mb = proc_rss_mb(server.pid)
+
+                async def watch_rss(lv: Level = level) -> None:
+                    while True:
+                        await asyncio.sleep(0.25)
+                        lv.rss_peak_mb = max(lv.rss_peak_mb, proc_rss_mb(server.pid))
+
+                watcher = asyncio.get_running_loop().create_task(watch_rss())
+                cpu0, ccpu0 = proc_cpu_s(server.pid), time.process_time()
+                level.start = now()
+                t0 = level.start + 0.05
+                stagger = args.stagger_s / n if n > 1 else 0.0
+                level.starts = [t0 + i * stagger for i in range(n)]
+                level.runs = list(
+                    await asyncio.gather(
+                        *(
+                            run_session(
+                                url, f"user{i:03d}", args.turns, level.starts[i],
+                                lambda t=task: progress.advance(t),
+                            )
+                            for i in range(n)
+                        )
+                    )
+                )  # fmt: skip
+                level.end = now()
+                level.cpu_s = proc_cpu_s(server.pid) - cpu0
+                level.client_cpu_s = time.process_time() - ccpu0
+                watcher.cancel()
+                levels.append(level)
+                await asyncio.sleep(args.pause_s)  # the server winds the sessions down between levels
+    finally:
+        lag_task.cancel()
+        if server.returncode is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(server.wait(), 30)
+            except TimeoutError:
+                server.kill()
+                await server.wait()
+    stats = json.loads(stats_file.read_text()) if stats_file.exists() else {"lag": {"t": [], "d": []}}
+    rows = [summarise_level(lv, stats["lag"], rss_idle) for lv in levels]
+    base = rows[0]["response_latency_ms"].get("p99") if rows else None
+    for row in rows:
+        p99 = row["response_latency_ms"].get("p99")
+        row["p99_minus_1_session_ms"] = round(p99 - base, 1) if p99 is not None and base is not None else None
+    client_lag_ms = dist(client_lag.lag, 1000, 2)
+    return {
+        "levels": rows,
+        "server_rss_idle_mb": round(rss_idle, 1),
+        "client_event_loop_lag_ms": client_lag_ms,
+        "server_sessions": {k: stats.get(k) for k in ("started_sessions", "failed_sessions")},
+        "server_log_tail": server_log.read_text()[-3000:],
+    }
+
+
+def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The largest level that meets every goal, and whether it reaches GOAL_SESSIONS."""
+    ok = [
+        r
+        for r in rows
+        if r["errors"] == 0
+        and r["mb_per_session"] < GOAL_MB_PER_SESSION
+        and (r["p99_minus_1_session_ms"] is not None and r["p99_minus_1_session_ms"] <= GOAL_P99_DELTA_MS)
+    ]
+    best = max((r["sessions"] for r in ok), default=0)
+    return {"largest_level_meeting_goals": best, "goal_met": best >= GOAL_SESSIONS}
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = [r["sessions"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    ax = axes[0]
+    ax.plot(n, [r["response_latency_ms"].get("p50") for r in rows], "o-", label="p50")
+    ax.plot(n, [r["response_latency_ms"].get("p99") for r in rows], "s-", label="p99")
+    if rows and rows[0]["response_latency_ms"].get("p99") is not None:
+        ax.axhline(rows[0]["response_latency_ms"]["p99"] + GOAL_P99_DELTA_MS, ls="--", c="grey",
+                   label="goal: 1-session p99 + 50 ms")  # fmt: skip
+    ax.set(xlabel="concurrent sessions", ylabel="response latency (ms)", title="response latency")
+    ax.legend()
+    ax = axes[1]
+    ax.plot(n, [r["server_event_loop_lag_ms"].get("p99") for r in rows], "o-", c="C3", label="lag p99")
+    ax.set(xlabel="concurrent sessions", ylabel="ms", title="server event-loop lag p99")
+    ax2 = ax.twinx()
+    ax2.plot(n, [r["server_cores_used"] for r in rows], "s--", c="C2", label="cores used")
+    ax2.set_ylabel("server cores used")
+    ax = axes[2]
+    ax.plot(n, [r["mb_per_session"] for r in rows], "o-", c="C4")
+    ax.axhline(GOAL_MB_PER_SESSION, ls="--", c="grey", label="goal: < 5 MB")
+    ax.set(xlabel="concurrent sessions", ylabel="MB per session (peak RSS above idle / N)", title="memory")
+    ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_table(console: Any, rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="capacity of one process")
+    for col in ("sessions", "p50 ms", "p99 ms", "p99 - 1-session", "lag p99 ms", "server cores",
+                "cpu ms / session-s", "MB / session", "errors"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for r in rows:
+        lat = r["response_latency_ms"]
+        table.add_row(
+            str(r["sessions"]), str(lat.get("p50")), str(lat.get("p99")), str(r["p99_minus_1_session_ms"]),
+            str(r["server_event_loop_lag_ms"].get("p99")), str(r["server_cores_used"]),
+            str(r["server_cpu_ms_per_session_s"]), str(r["mb_per_session"]), str(r["errors"]),
+        )  # fmt: skip
+    console.print(table)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--_serve":
+        serve_child(*sys.argv[2:6])
+        return
+    from rich.console import Console
+
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 25, 50, 100, 125]
+    )
+    parser.add_argument("--turns", type=int, default=2, help="voice turns per session")
+    parser.add_argument("--graph", type=Path, default=DEFAULT_GRAPH, help="graph to serve (a voice graph)")
+    parser.add_argument(
+        "--stagger-s", type=float, default=2.0, help="sessions of a level start over this long"
+    )
+    parser.add_argument("--pause-s", type=float, default=2.0, help="pause between levels")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server process")
+    parser.add_argument(
+        "--profile", type=Path, help="diagnosis: cProfile the server process into this file (slows it down)"
+    )
+    parser.add_argument(
+        "--compression", action="store_true", help="permessage-deflate on (as `ah run --compression`)"
+    )
+    parser.add_argument("--name", default="capacity", help="results file stem under experiments/results/")
+    args = parser.parse_args()
+    if args.levels[0] != 1:
+        args.levels.insert(0, 1)  # the 1-session level is the baseline every other level is compared with
+    console = Console()
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    machine = machine_info()
+    t0 = time.monotonic()
+    try:
+        import uvloop
+
+        result = uvloop.run(run_levels(args, console))
+    except ImportError:
+        result = asyncio.run(run_levels(args, console))
+    machine["loadavg_end"] = os.getloadavg()
+    graph = args.graph.resolve()
+    doc = {
+        "benchmark": "capacity",
+        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv]),
+        "started_at": started,
+        "duration_s": round(time.monotonic() - t0, 1),
+        "config": {
+            "levels": args.levels,
+            "turns": args.turns,
+            "graph": str(graph.relative_to(ROOT)) if graph.is_relative_to(ROOT) else str(graph),
+            "stagger_s": args.stagger_s,
+            "compression": args.compression,
+        },
+        "goals": {
+            "sessions": GOAL_SESSIONS,
+            "p99_minus_1_session_ms": GOAL_P99_DELTA_MS,
+            "mb_per_session": GOAL_MB_PER_SESSION,
+            "errors": 0,
+        },
+        "machine": machine,
+        **result,
+    }
+    doc["verdict"] = verdict(result["levels"])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{args.name}.json"
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    png = RESULTS / f"{args.name}.png"
+    plot(result["levels"], png, f"one ah process, {doc['config']['graph']}, {machine['affinity']} cores")
+    print_table(console, result["levels"])
+    console.print(f"verdict: {doc['verdict']}")
+    console.print(f"wrote {out} and {png} in {doc['duration_s']} s")
+
+
+if __name__ == "__main__":
+    main()
