@@ -98,10 +98,15 @@ class OverlapParams(Params):
     endpoint_silence_ms: int = Field(400, ge=0, le=5000, description="Silence that ends a user turn.")
     barge_in: bool = Field(True, description="Let the user interrupt the agent by speaking.")
     interrupt_min_speech_ms: int = Field(
-        500,
+        600,
         ge=0,
         le=5000,
-        description="Speech this long while the agent talks commits the interruption (cancels the reply).",
+        description="Voiced speech this long while the agent talks commits the interruption (cancels the "
+        "reply). Measured on the VAD's scores (first to last voiced window), so the VAD's hangover does "
+        "not count; the reply is already paused, so a longer wait costs the listener nothing.",
+    )
+    voiced_score: float = Field(
+        0.5, gt=0, lt=1, description="A VAD score at or above this marks a voiced window."
     )
     interrupt_min_words: int = Field(
         1,
@@ -152,6 +157,8 @@ class OverlapAwareBase(Node[Any]):
         self._resumed_upto = -1.0  # audio time: transcripts of bursts up to here were judged not a turn
         self._last_speech_end = 0.0
         self._utt_start: float | None = None  # audio time the current user utterance began
+        self._last_voiced = -1.0  # audio time of the latest voiced VAD window
+        self._scores_seen = False
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._vad_loop())
             tg.create_task(self._transcript_loop())
@@ -177,6 +184,17 @@ class OverlapAwareBase(Node[Any]):
     async def _vad_loop(self) -> None:
         async for ev in self.vad:
             if ev.kind == "score":
+                self._scores_seen = True
+                self.on_audio_time(ev.t)
+                if ev.score >= self.params.voiced_score:
+                    self._last_voiced = ev.t
+                    ov = self._overlap
+                    if (
+                        ov is not None
+                        and self._speaking
+                        and ev.t - ov.burst_start >= self.params.interrupt_min_speech_ms / 1000 - 1e-9
+                    ):
+                        await self._commit_interruption(ov, "speech")
                 continue
             if ev.kind == "start":
                 self._on_speech_start(ev)
@@ -201,8 +219,9 @@ class OverlapAwareBase(Node[Any]):
         else:
             ov.bursts += 1
             self._cancel(ov.resume_timer)
-        # Counted from the confirmation: the VAD's own min_speech is part of the evidence, as in silence.
-        ov.commit_timer = loop.create_task(self._commit_after_min_speech(ov))
+        ov.burst_start = ev.t
+        if not self._scores_seen:  # a VAD without scores: count from the confirmation instead
+            ov.commit_timer = loop.create_task(self._commit_after_min_speech(ov))
 
     def _on_speech_end(self, ev: VadFrame) -> None:
         self._speaking = False

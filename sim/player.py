@@ -85,6 +85,7 @@ class Timeline:
         return {
             "scenario": self.scenario,
             "duration_s": r(self.end),
+            "audio_t0": r(self.audio_t0),
             "user": [
                 {
                     "step": u.step,

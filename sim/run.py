@@ -104,6 +104,7 @@ class _MemoryLink:
 
     async def close(self) -> None:
         self.conn.to_server.put_nowait(None)
+        self.conn.to_client.put_nowait(None)  # the client stops listening too
 
 
 class _WebSocketLink:
@@ -165,13 +166,11 @@ async def simulate_virtual(
     try:
         tl = await player.play()
     finally:
-        try:
-            result = await asyncio.wait_for(asyncio.shield(task), 5.0)
-            if not result.ok and result.failure is not None:
-                error = str(result.failure)
-        except TimeoutError:
-            session.stop()
-            await asyncio.gather(task, return_exceptions=True)
+        if not task.done():
+            session.stop()  # the client has gone: end the conversation
+        result = await task
+        if not result.ok and result.failure is not None:
+            error = str(result.failure)
     tl.server = _server_events(session.events)
     return _result(scenario, graph, "virtual", tl, error)
 

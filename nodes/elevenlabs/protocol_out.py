@@ -179,6 +179,8 @@ class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
         position = min(self.ctx.clock.now() - reply.wall_start, reply.audio_s)
         heard = "".join(text for start, text in reply.spoken if start < position)
         spoken = "".join(text for _, text in reply.spoken)
+        if reply.text.startswith(spoken):
+            spoken = reply.text  # what is still held (a paused reply) decides whether a word was cut too
         cut = len(heard)
         if 0 < cut < len(spoken) and spoken[cut - 1].isalnum() and spoken[cut].isalnum():
             # Cut off inside a word: a listener has not heard a word they heard half of.
