@@ -107,9 +107,7 @@ def noises() -> dict[str, list[np.ndarray]]:
     rng = np.random.default_rng(7)
     return {
         "noise_cough.wav": [_burst(rng, 0.18, 0.5, 9, 0.06), _gap(0.08), _burst(rng, 0.12, 0.35, 9, 0.04)],
-        "noise_knock.wav": [
-            x for _ in range(3) for x in (_burst(rng, 0.05, 0.6, 31, 0.012), _gap(0.16))
-        ],
+        "noise_knock.wav": [x for _ in range(3) for x in (_burst(rng, 0.05, 0.6, 31, 0.012), _gap(0.16))],
         "noise_clap.wav": [_burst(rng, 0.06, 0.7, 3, 0.015)],
         "noise_breath.wav": [_burst(rng, 0.5, 0.08, 41, 0.3)],
         "noise_chair.wav": [_burst(rng, 0.35, 0.25, 61, 0.2)],
