@@ -191,27 +191,27 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
         node.params = params
         url = node.url()
         t0 = time.perf_counter()
+        ms = 0.0
         try:
             async with asyncio.timeout(params.connect_timeout_s + 2):
                 async with connect(url, additional_headers={"xi-api-key": key}) as ws:
+                    ms = round((time.perf_counter() - t0) * 1000, 1)
+                    # The key may be checked on the first message: wait a moment for an error frame.
                     await ws.send(json.dumps({"text": " ", "context_id": "ah-doctor"}))
                     with contextlib.suppress(TimeoutError):
                         while True:
                             msg = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
                             if isinstance(msg, dict) and msg.get("error"):
-                                return [
-                                    check,
-                                    DoctorCheck(
-                                        False,
-                                        f"ElevenLabs: {url} refused: {msg.get('message') or msg['error']}",
-                                    ),
-                                ]
+                                why = msg.get("message") or msg["error"]
+                                return [check, DoctorCheck(False, f"ElevenLabs: {url} refused: {why}")]
                     await ws.send(json.dumps({"close_socket": True}))
         except ConnectionClosed as exc:
             return [check, DoctorCheck(False, f"ElevenLabs: {url} closed the socket: {exc}")]
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            return [check, DoctorCheck(False, f"ElevenLabs: {url} refused the connection (HTTP {status})")]
         except (OSError, TimeoutError, WebSocketException) as exc:
             return [check, DoctorCheck(False, f"ElevenLabs: cannot open {url}: {type(exc).__name__}: {exc}")]
-        ms = round((time.perf_counter() - t0) * 1000, 1)
         return [
             check,
             DoctorCheck(True, f"ElevenLabs: {url.split('?')[0]} opened in {ms:g} ms, key accepted"),
