@@ -609,5 +609,41 @@ def simulate(
         raise typer.Exit(EXIT_RUN_FAILED)
 
 
+@app.command()
+def doctor(
+    files: Annotated[list[Path], typer.Argument(help="Graph files (or directories of them) to check.")],
+) -> None:
+    """Check what graphs need from outside: API keys set, endpoints reachable, keys and models accepted.
+
+    One line per check, prefixed ✓ or ✗ and the node; exit 1 when anything is wrong. Nothing is
+    generated and no session runs (an ElevenLabs check opens a socket and closes it unused).
+    """
+    graphs: list[Graph] = []
+    for target in files:
+        graphs.extend(_graphs_to_serve(target).values())
+
+    async def check_all() -> int:
+        bad = 0
+        for graph in graphs:
+            out.print(f"[bold]{escape(graph.name)}[/bold] ({escape(str(graph.source))})")
+            lines = 0
+            for node in graph.nodes.values():
+                for check in await node.cls.doctor(node.params):
+                    lines += 1
+                    bad += not check.ok
+                    mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
+                    out.print(
+                        f"  {mark} {escape(node.id)} ({escape(node.type_name)}): {escape(check.message)}"
+                    )
+            if not lines:
+                out.print("  ✓ no node needs a key or an endpoint")
+        return bad
+
+    bad = asyncio.run(check_all())
+    if bad:
+        err.print(f"[red]{bad} problem{'s' if bad != 1 else ''}[/red]")
+        raise typer.Exit(EXIT_INVALID)
+
+
 def main() -> None:
     app()

@@ -38,6 +38,14 @@ class SessionEvent:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(slots=True, frozen=True)
+class DoctorCheck:
+    """One line of ``ah doctor``: a node's key or endpoint is fine (``ok``) or what is wrong with it."""
+
+    ok: bool
+    message: str
+
+
 @dataclass(slots=True)
 class NodeContext:
     session_id: str
@@ -101,6 +109,12 @@ class Node(Generic[P]):
     async def preload(cls, params: Params) -> None:
         """Called once per process for each node of a served graph, before any client connects:
         load shared models here so the first conversation does not pay for it. Default: nothing."""
+
+    @classmethod
+    async def doctor(cls, params: Params) -> list[DoctorCheck]:
+        """``ah doctor``: check what this node needs from outside (keys, endpoints) without running a
+        session, one line per check. Default: nothing to check."""
+        return []
 
     async def setup(self) -> None:
         """Called for every node before any node runs: load models, open connections.

@@ -16,7 +16,7 @@ from ah.runtime.frames import (
     UserTurnFrame,
     VadFrame,
 )
-from ah.runtime.node import Node, NodeContext, Params, SessionEvent
+from ah.runtime.node import DoctorCheck, Node, NodeContext, Params, SessionEvent
 from ah.runtime.ports import Input, InputPort, Output, OutputPort
 from ah.runtime.scopes import ScopeRegistry, ScopeState
 
@@ -26,6 +26,7 @@ __all__ = [
     "AudioFrame",
     "Clock",
     "ControlFrame",
+    "DoctorCheck",
     "EdgePolicy",
     "EndOfStream",
     "Frame",

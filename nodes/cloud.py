@@ -1,0 +1,154 @@
+"""What every cloud-provider node shares: API keys, deadlines, error events and ``ah doctor`` probes.
+
+Not a node type. The provider nodes (``stt.groq``, ``llm.groq``, ``llm.openai_compatible``,
+``tts.elevenlabs``) keep one set of rules through it, so that they fail and report alike:
+
+* **Keys** come from the environment (``GROQ_API_KEY``, ``ELEVENLABS_API_KEY``, ...), never from graph
+  files (graphs are shared; keys are not). A missing key fails the session at graph start (``setup``)
+  with a message that names the node and the variable.
+* **Every provider call has a deadline** (:func:`deadline`), beyond the SDK's own per-request
+  timeout, because an SDK may retry (and sleep ``retry-after``) inside one call.
+* **A failed call is an event, not a crash**: :func:`error_frame` makes the ``error`` control frame
+  that ``protocol_out`` sends to the client, naming the node and the provider's own message; the
+  session and the conversation go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ah.runtime.sdk import ControlFrame, DoctorCheck
+
+
+class MissingKey(RuntimeError):
+    """An API key the node needs is not in the environment."""
+
+
+def require_key(env: str, node: str, what: str) -> str:
+    """The value of ``env``; :class:`MissingKey` naming the node and the fix when it is unset."""
+    key = os.environ.get(env, "").strip()
+    if not key:
+        raise MissingKey(
+            f"{node}: {what} needs an API key: set the environment variable {env} (export {env}=...)"
+        )
+    return key
+
+
+class Deadline(TimeoutError):
+    """A provider call ran past its deadline."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line about a provider failure, with the provider's own message when it sent one."""
+    status = getattr(exc, "status_code", None)
+    body = getattr(exc, "body", None)
+    message = ""
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            message = str(err.get("message", ""))
+    if not message:
+        message = str(exc) or type(exc).__name__
+    name = type(exc).__name__
+    return f"{name} (HTTP {status}): {message}" if status else f"{name}: {message}"
+
+
+def error_frame(node: str, error_type: str, message: str, scope: int = 0, code: int = 1011) -> ControlFrame:
+    """The ``error`` event for the client: ``protocol_out`` sends it as the protocol's ``error``."""
+    return ControlFrame(
+        "error", {"error_type": error_type, "code": code, "message": f"{node}: {message}"}, scope=scope
+    )
+
+
+@dataclass(slots=True)
+class Timing:
+    """Monotonic timestamps of one provider call, for metrics events."""
+
+    t0: float
+
+    @classmethod
+    def start(cls) -> Timing:
+        return cls(time.perf_counter())
+
+    def ms(self) -> float:
+        return round((time.perf_counter() - self.t0) * 1000, 1)
+
+
+async def deadline(seconds: float, work: Any) -> Any:
+    """Await ``work`` for at most ``seconds``; :class:`Deadline` after that."""
+    try:
+        return await asyncio.wait_for(work, seconds)
+    except TimeoutError:
+        raise Deadline(f"no answer within the deadline of {seconds:g} s") from None
+
+
+# -- ah doctor ---------------------------------------------------------------------------------------------------
+def key_check(env: str, what: str) -> tuple[DoctorCheck, str | None]:
+    key = os.environ.get(env, "").strip()
+    if not key:
+        return DoctorCheck(False, f"{env} is not set: export {env}=... ({what} needs it)"), None
+    return DoctorCheck(True, f"{env} is set ({len(key)} characters)"), key
+
+
+async def http_check(url: str, headers: dict[str, str], what: str, timeout_s: float = 5.0) -> DoctorCheck:
+    """GET ``url``: reachable, and does it accept the key?"""
+    t = Timing.start()
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s) as client:
+            resp = await client.get(url, headers=headers)
+    except httpx.HTTPError as exc:
+        return DoctorCheck(False, f"{what}: cannot reach {url}: {type(exc).__name__}: {exc}")
+    if resp.status_code in (401, 403):
+        return DoctorCheck(
+            False, f"{what}: {url} refused the key (HTTP {resp.status_code}): {_message(resp)}"
+        )
+    if resp.status_code >= 400:
+        return DoctorCheck(False, f"{what}: {url} answered HTTP {resp.status_code}: {_message(resp)}")
+    return DoctorCheck(True, f"{what}: {url} answered HTTP {resp.status_code} in {t.ms():g} ms")
+
+
+async def models_check(url: str, headers: dict[str, str], model: str, what: str) -> DoctorCheck:
+    """GET an OpenAI-style ``/models`` list: reachable, key accepted, and is ``model`` offered?"""
+    t = Timing.start()
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            resp = await client.get(url, headers=headers)
+    except httpx.HTTPError as exc:
+        return DoctorCheck(False, f"{what}: cannot reach {url}: {type(exc).__name__}: {exc}")
+    if resp.status_code in (401, 403):
+        return DoctorCheck(
+            False, f"{what}: {url} refused the key (HTTP {resp.status_code}): {_message(resp)}"
+        )
+    if resp.status_code >= 400:
+        return DoctorCheck(False, f"{what}: {url} answered HTTP {resp.status_code}: {_message(resp)}")
+    try:
+        ids = [str(m.get("id")) for m in resp.json().get("data", [])]
+    except (ValueError, AttributeError):
+        return DoctorCheck(False, f"{what}: {url} did not answer a model list: {resp.text[:80]!r}")
+    if model not in ids:
+        shown = ", ".join(ids[:8]) + (", ..." if len(ids) > 8 else "")
+        return DoctorCheck(False, f"{what}: model {model!r} is not offered at {url} (offered: {shown})")
+    return DoctorCheck(
+        True, f"{what}: {url} reachable in {t.ms():g} ms, key accepted, model {model!r} offered"
+    )
+
+
+def _message(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except (ValueError, json.JSONDecodeError):
+        return resp.text[:120].strip()
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and "message" in err:
+            return str(err["message"])
+        if isinstance(body.get("detail"), dict):
+            return str(body["detail"].get("message", body["detail"]))
+    return str(body)[:120]

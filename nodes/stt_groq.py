@@ -1,0 +1,331 @@
+"""``stt.groq``: transcripts of VAD speech segments from Groq's Whisper API (the official ``groq`` SDK).
+
+Same ports and utterance rules as ``stt.whisper_local``, so the two swap in YAML: user ``audio`` and
+the VAD's ``vad`` events in, one final :class:`TranscriptFrame` per utterance out, with ``confidence``
+= exp(mean token log-probability) of the transcript (ARCHITECTURE.md §5), from ``verbose_json``'s
+per-segment ``avg_logprob`` weighted by token counts. Segments Whisper itself marks as probably not
+speech (``no_speech_prob`` high and ``avg_logprob`` low) are dropped, the usual filter against
+hallucinations on short VAD segments.
+
+Utterances: from a VAD ``start`` to the VAD ``end`` not followed by another ``start`` within
+``endpoint_silence_ms`` of audio time; a shorter pause is merged, so Whisper hears the sentence whole.
+The audio goes up as 16 kHz mono PCM16 WAV (the API takes no raw PCM).
+
+**Speculation** (``speculative: true``). Every VAD ``end`` is a tentative end of speech: the request
+for the utterance so far goes out at once, while the silence is still being timed. Its result is sent
+as a *tentative* transcript (``final=False``: the client sees ``tentative_user_transcript``, and an
+LLM node with a ``preview`` input may start its reply early), and it becomes the final transcript when
+the endpoint is confirmed. If speech resumes first, the early request is cancelled (or its answer
+dropped) and the merged utterance is sent at its next end.
+
+**Faults.** The SDK retries 429 (honouring ``retry-after``), 5xx and connection errors, at most
+``max_retries`` times: a transcription is idempotent. Every request has a deadline
+(``timeout_s``, retries included). A transcription that still fails is dropped with an ``error`` event
+on ``errors`` (``stt_error``, naming the node and the provider's message); the user's next utterance
+is transcribed as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import os
+import time
+import wave
+from dataclasses import dataclass
+from typing import Any
+
+import groq
+import httpx
+from pydantic import Field
+
+from ah.nodes.cloud import describe, error_frame, key_check, models_check, require_key
+from ah.runtime.sdk import (
+    AudioFrame,
+    ControlFrame,
+    DoctorCheck,
+    Input,
+    Node,
+    Output,
+    Params,
+    SessionEvent,
+    TranscriptFrame,
+    VadFrame,
+)
+
+SR = 16000
+PREROLL_S = 2.0  # audio kept before "now" while no one speaks: a VAD start points back in time
+MAX_BUFFER_S = 120.0
+
+
+class GroqSttParams(Params):
+    model: str = Field("whisper-large-v3-turbo", description="Groq Whisper model.")
+    language: str = Field("en", min_length=2, max_length=8, description="Spoken language (ISO 639-1).")
+    prompt: str = Field("", description="Optional text that biases recognition (names, terms).")
+    base_url: str | None = Field(None, description="API base URL (unset: GROQ_BASE_URL or Groq's).")
+    api_key_env: str = Field("GROQ_API_KEY", description="Environment variable that holds the API key.")
+    speculative: bool = Field(
+        True, description="Transcribe at each tentative end of speech; redo it if speech resumes."
+    )
+    endpoint_silence_ms: int = Field(
+        300, ge=0, le=5000, description="Silence that closes an utterance. Keep ≤ the turn policy's."
+    )
+    pad_ms: int = Field(100, ge=0, le=1000, description="Audio added before and after each utterance.")
+    no_speech_threshold: float = Field(
+        0.6, ge=0, le=1, description="Whisper's no-speech probability above which a quiet segment is dropped."
+    )
+    max_retries: int = Field(2, ge=0, le=10, description="SDK retries (429 with retry-after, 5xx, network).")
+    timeout_s: float = Field(
+        5.0, gt=0, le=120, description="Deadline for one transcription, retries included."
+    )
+
+
+@dataclass(slots=True)
+class Recognition:
+    text: str
+    confidence: float | None
+    ok: bool = True
+
+
+def wav_bytes(pcm: bytes, sr: int = SR) -> bytes:
+    """PCM16 mono as a WAV file in memory."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes(pcm)
+    return buf.getvalue()
+
+
+def recognition_of(tr: Any, no_speech_threshold: float) -> Recognition:
+    """Text and confidence from a ``verbose_json`` transcription (segments are plain dicts)."""
+    segments = getattr(tr, "segments", None) or []
+    if not segments:
+        text = str(getattr(tr, "text", "") or "").strip()
+        return Recognition(text, None)
+    texts: list[str] = []
+    logprob = 0.0
+    tokens = 0
+    for seg in segments:
+        seg = seg if isinstance(seg, dict) else dict(seg)
+        text = str(seg.get("text", "")).strip()
+        avg = float(seg.get("avg_logprob", 0.0))
+        if not text or (float(seg.get("no_speech_prob", 0.0)) > no_speech_threshold and avg < -1.0):
+            continue
+        n = max(1, len(seg.get("tokens") or []))
+        logprob += avg * n
+        tokens += n
+        texts.append(text)
+    text = " ".join(texts)
+    if not any(c.isalnum() for c in text):
+        return Recognition("", None)
+    return Recognition(text, math.exp(logprob / tokens))
+
+
+class _Audio:
+    """The recent audio of one session, addressed by sample index from the start of the stream."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.first = 0
+        self.received = 0
+        self.done = False
+        self.holds: list[int] = []
+        self.more = asyncio.Event()
+
+    def append(self, pcm: bytes, keep_from: int) -> None:
+        self.buf += pcm
+        self.received += len(pcm) // 2
+        floor = min([keep_from, self.received - int(PREROLL_S * SR), *self.holds])
+        floor = max(floor, self.received - int(MAX_BUFFER_S * SR))
+        if floor > self.first:
+            del self.buf[: (floor - self.first) * 2]
+            self.first = floor
+        self.more.set()
+
+    def finish(self) -> None:
+        self.done = True
+        self.more.set()
+
+    async def wait_for(self, sample: int) -> None:
+        while self.received < sample and not self.done:
+            self.more.clear()
+            await self.more.wait()
+
+    def pcm(self, a: int, b: int) -> bytes:
+        a = max(a, self.first)
+        b = min(b, self.received)
+        return bytes(self.buf[(a - self.first) * 2 : (b - self.first) * 2]) if b > a else b""
+
+
+class GroqStt(Node[GroqSttParams]):
+    """Final transcripts of VAD-delimited utterances from Groq Whisper, with ASR confidence."""
+
+    summary = "Groq Whisper STT (groq SDK, verbose_json confidence), speculative at each end of speech"
+    params_model = GroqSttParams
+    audio = Input(AudioFrame, doc="user audio (16 kHz mono PCM16), usually the VAD's passthrough")
+    vad = Input(VadFrame, doc="speech start / end / score, on the same audio time line")
+    transcripts = Output(
+        TranscriptFrame, doc="tentative (speculative) and final transcripts, with confidence"
+    )
+    errors = Output(ControlFrame, doc="error events (a transcription that failed for good)")
+
+    async def setup(self) -> None:
+        p = self.params
+        key = require_key(p.api_key_env, f"node {self.id!r}", f"Groq speech-to-text ({p.model})")
+        self._client = groq.AsyncGroq(
+            api_key=key,
+            base_url=p.base_url,
+            max_retries=p.max_retries,
+            timeout=httpx.Timeout(p.timeout_s, connect=min(5.0, p.timeout_s)),
+        )
+
+    @classmethod
+    async def doctor(cls, params: Params) -> list[DoctorCheck]:
+        assert isinstance(params, GroqSttParams)
+        check, key = key_check(params.api_key_env, "Groq speech-to-text")
+        if key is None:
+            return [check]
+        base = params.base_url or os.environ.get("GROQ_BASE_URL") or "https://api.groq.com"
+        url = base.rstrip("/") + "/openai/v1/models"
+        return [check, await models_check(url, {"Authorization": f"Bearer {key}"}, params.model, "Groq")]
+
+    # -- running ---------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._audio = _Audio()
+        self._finals: asyncio.Queue[tuple[asyncio.Task[Recognition], float, float] | None] = asyncio.Queue()
+        self._utt_start: float | None = None
+        self._utt_end = 0.0
+        self._utt_upto: float | None = 0.0
+        self._speaking = False
+        self._deadline: float | None = None
+        self._vad_t = 0.0
+        self._job: asyncio.Task[Recognition] | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self._audio_loop())
+                tg.create_task(self._vad_loop())
+                tg.create_task(self._emit_loop())
+        finally:
+            await self._client.close()
+
+    async def _audio_loop(self) -> None:
+        pad = self.params.pad_ms / 1000
+        async for frame in self.audio:
+            if frame.sample_rate != SR:
+                raise ValueError(f"stt.groq needs {SR} Hz audio, got {frame.sample_rate} Hz")
+            start = self._utt_start
+            keep_from = int((start - pad) * SR) if start is not None else self._audio.received
+            self._audio.append(frame.pcm, keep_from)
+        self._audio.finish()
+
+    async def _vad_loop(self) -> None:
+        gap = self.params.endpoint_silence_ms / 1000
+        async for ev in self.vad:
+            self._vad_t = max(self._vad_t, ev.t)
+            if ev.kind == "start":
+                self._speaking = True
+                self._deadline = None
+                if self._utt_start is None:
+                    self._utt_start = ev.t
+                elif self._job is not None:  # speech resumed: that transcript is stale
+                    self._job.cancel()
+                    self._job = None
+            elif ev.kind == "end" and self._speaking:
+                self._speaking = False
+                self._utt_end = ev.t
+                self._utt_upto = self._vad_t
+                self._deadline = self._vad_t + gap
+                if self.params.speculative:
+                    self._job = self._start(self._utt_start or 0.0, ev.t, self._vad_t, speculative=True)
+            if self._deadline is not None and self._vad_t >= self._deadline - 1e-9:
+                self._close()
+        if self._utt_start is not None:
+            if self._speaking:
+                self._utt_end = max(self._vad_t, self._audio.received / SR)
+                self._utt_upto = None
+            self._close()
+        self._finals.put_nowait(None)
+
+    def _close(self) -> None:
+        assert self._utt_start is not None
+        job = self._job
+        if job is None:
+            job = self._start(self._utt_start, self._utt_end, self._utt_upto, speculative=False)
+        self._finals.put_nowait((job, self._utt_start, self._utt_end))
+        self._utt_start = None
+        self._deadline = None
+        self._job = None
+
+    def _start(
+        self, t0: float, t1: float, upto: float | None, *, speculative: bool
+    ) -> asyncio.Task[Recognition]:
+        pad = self.params.pad_ms / 1000
+        a = max(0, round((t0 - pad) * SR))
+        b = round((t1 + pad) * SR)
+        if upto is not None:
+            b = max(min(b, round(upto * SR)), round(t1 * SR))
+        self._audio.holds.append(a)
+        self.ctx.emit(
+            SessionEvent(
+                "stt_started",
+                data={"t_start": t0, "t_end": t1, "audio_s": (b - a) / SR, "speculative": speculative},
+            )
+        )
+        return self._tg.create_task(self._transcribe(a, b, t0, t1, speculative))
+
+    async def _transcribe(self, a: int, b: int, t0: float, t1: float, speculative: bool) -> Recognition:
+        try:
+            await self._audio.wait_for(b)
+            pcm = self._audio.pcm(a, b)
+        finally:
+            self._audio.holds.remove(a)
+        p = self.params
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(p.timeout_s):
+                tr = await self._client.audio.transcriptions.create(
+                    file=("audio.wav", wav_bytes(pcm)),
+                    model=p.model,
+                    language=p.language,
+                    response_format="verbose_json",
+                    temperature=0.0,
+                    prompt=p.prompt or groq.omit,
+                )
+            result = recognition_of(tr, p.no_speech_threshold)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # after the SDK's retries: this utterance is lost, the session is not
+            what = (
+                "TimeoutError: no answer within the deadline"
+                if isinstance(exc, TimeoutError)
+                else describe(exc)
+            )
+            self.ctx.logger.warning("%s: transcription failed: %s", self.id, what)
+            result = Recognition("", None, ok=False)
+            await self.errors.send(
+                error_frame(
+                    self.id, "stt_error", f"Groq transcription failed ({what}); please say that again"
+                )
+            )
+        wall = time.perf_counter() - started
+        self.ctx.emit(
+            SessionEvent(
+                "stt_run",
+                data={"audio_s": len(pcm) / 2 / SR, "wall_s": wall, "text": result.text, "ok": result.ok},
+            )
+        )
+        if speculative and result.text and self._job is asyncio.current_task():
+            # Still the current guess (speech has not resumed): tell the client and the LLM early.
+            await self.transcripts.send(TranscriptFrame(result.text, False, result.confidence, t0, t1))
+        return result
+
+    async def _emit_loop(self) -> None:
+        while (item := await self._finals.get()) is not None:
+            job, t0, t1 = item
+            result = await job
+            if result.text:
+                await self.transcripts.send(TranscriptFrame(result.text, True, result.confidence, t0, t1))
