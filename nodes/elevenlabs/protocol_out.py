@@ -27,6 +27,7 @@ from ah.runtime.sdk import (
     Node,
     Params,
     ReplyTextFrame,
+    SessionEvent,
     SpeechFrame,
     TranscriptFrame,
     VadFrame,
@@ -52,6 +53,7 @@ class _Reply:
     audio_s: float = 0.0  # seconds of audio sent
     spoken: list[tuple[float, str]] = field(default_factory=list)  # (start in reply, text) of what was sent
     interrupted: bool = False
+    last_sent_at: float | None = None  # clock time the reply's latest audio message went out
 
 
 class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
@@ -125,6 +127,12 @@ class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
                 reply.audio_s += frame.duration_s
                 if not await self.state.send({"type": "audio", "audio_event": event}):
                     return
+                if reply.last_sent_at is None:
+                    # Observers (tracing, metrics) time the response latency to this moment.
+                    self.ctx.emit(
+                        SessionEvent("reply_audio_started", data={"scope": scope, "event_id": reply.event_id})
+                    )
+                reply.last_sent_at = clock.now()
             if last:
                 if reply.wall_start is not None:
                     await clock.sleep_until(reply.wall_start + reply.audio_s)  # until it has been heard
@@ -179,6 +187,17 @@ class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
             self.state.interrupted_event_id = max(self.state.interrupted_event_id, reply.event_id)
             await self.state.send(
                 {"type": "interruption", "interruption_event": {"event_id": reply.event_id}}
+            )
+            # Observers take the cancel tail from this: the interruption's send, and the reply's last audio.
+            self.ctx.emit(
+                SessionEvent(
+                    "interruption_sent",
+                    data={
+                        "scope": frame.interrupted_scope,
+                        "event_id": reply.event_id,
+                        "last_audio_at": reply.last_sent_at,
+                    },
+                )
             )
             # A text-only client has read every part it was sent; a voice client only what it has heard.
             heard = frame.heard or (
