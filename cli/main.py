@@ -407,5 +407,114 @@ def models_pull(
         raise typer.Exit(EXIT_RUN_FAILED)
 
 
+@app.command()
+def simulate(
+    graph: Annotated[Path, typer.Argument(help="Graph file to talk to.")],
+    scripts: Annotated[list[Path], typer.Argument(help="Conversation scripts (YAML), or folders of them.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the timelines (JSON), pictures and summary.")
+    ] = Path("simulation"),
+    virtual: Annotated[
+        bool,
+        typer.Option(
+            "--virtual",
+            help="Run on a virtual clock (exact, fast; for graphs of scripted nodes) instead of real time "
+            "over the real server.",
+        ),
+    ] = False,
+    picture: Annotated[bool, typer.Option(help="Draw each conversation's timeline (PNG).")] = True,
+) -> None:
+    """Play scripted conversations through a graph; write timelines, per-turn metrics and pictures.
+
+    In real time (the default) the graph is served by the real server in this process and each script
+    is played over the ElevenLabs WebSocket protocol as a client would. Writes OUT/<scenario>.json
+    (timeline and per-turn metrics), OUT/<scenario>.png and OUT/summary.json.
+    """
+    import json as _json
+
+    from ah.sim import ScriptError, load_scenario, simulate_many, summary
+    from ah.sim.plot import draw_timeline
+
+    g = _load_or_exit(graph)
+    files: list[Path] = []
+    for s in scripts:
+        files.extend(sorted(s.glob("*.yaml")) if s.is_dir() else [s])
+    try:
+        scenarios = [load_scenario(f) for f in files]
+    except ScriptError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_INVALID) from None
+    if not scenarios:
+        err.print("[red]error:[/] no scripts given (YAML files or folders of them)")
+        raise typer.Exit(EXIT_USAGE)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = Table(
+        "scenario#step", "role", "latency ms", "premature", "barge-in ms", "paused", "resume ms", "cut off"
+    )
+    done = 0
+
+    def report(r: Any) -> None:
+        nonlocal done
+        done += 1
+        data = r.to_json()
+        (out_dir / f"{r.scenario.scenario}.json").write_text(_json.dumps(data, indent=1))
+        if picture:
+            draw_timeline(
+                data["timeline"], out_dir / f"{r.scenario.scenario}.png", f"{r.scenario.scenario} on {g.name}"
+            )
+        err.print(
+            f"[{done}/{len(scenarios)}] {r.scenario.scenario}"
+            + ("" if r.ok else f" [red]failed:[/] {escape(r.error)}")
+        )
+        for t in r.turns:
+            table.add_row(
+                t.key,
+                t.role,
+                *(
+                    ("" if v is None else str(v))
+                    for v in (
+                        t.response_latency_ms,
+                        t.premature,
+                        t.barge_in_reaction_ms,
+                        t.paused,
+                        t.resume_ms,
+                        t.false_cut_off,
+                    )
+                ),
+            )
+
+    try:
+        results = _run_loop(simulate_many(g, scenarios, realtime=not virtual, on_result=report))
+    except Exception as exc:  # a model missing, a port in use: say what and stop
+        err.print(f"[red]error:[/] simulation failed: {escape(f'{type(exc).__name__}: {exc}')}")
+        raise typer.Exit(EXIT_RUN_FAILED) from None
+    turns = [t for r in results for t in r.turns]
+
+    def vals(attr: str) -> list[float]:
+        return [float(v) for t in turns if (v := getattr(t, attr)) is not None]
+
+    agg = {
+        "graph": g.name,
+        "mode": "virtual" if virtual else "realtime",
+        "scenarios": len(results),
+        "failed": [r.scenario.scenario for r in results if not r.ok],
+        "response_latency_ms": summary(vals("response_latency_ms")),
+        "barge_in_reaction_ms": summary(vals("barge_in_reaction_ms")),
+        "interruption_client_ms": summary(vals("interruption_client_ms")),
+        "cancel_tail_server_ms": summary(vals("cancel_tail_server_ms")),
+        "resume_ms": summary(vals("resume_ms")),
+        "false_cut_offs": sum(1 for t in turns if t.false_cut_off),
+        "noise_and_backchannel_turns": sum(1 for t in turns if t.role in ("noise", "backchannel")),
+        "premature_ends": sum(1 for t in turns if t.premature),
+    }
+    (out_dir / "summary.json").write_text(_json.dumps(agg, indent=1))
+    out.print(table)
+    out.print(
+        f"wrote {len(results)} timelines to {out_dir}/ (summary.json{', PNG pictures' if picture else ''})"
+    )
+    if agg["failed"]:
+        raise typer.Exit(EXIT_RUN_FAILED)
+
+
 def main() -> None:
     app()

@@ -134,7 +134,7 @@ class TurnTracker:
             turn = self._turn_of(int(event.data.get("scope", 0)))
             if turn is not None:
                 turn.interruption_sent = self._now()
-                last = event.data.get("last_audio_at")
+                last = event.data.get("last_audio_t")
                 if isinstance(last, int | float):
                     turn.last_audio_at = float(last)
                 self._maybe_flush(turn)
