@@ -65,8 +65,11 @@ def draw_timeline(timeline: dict[str, Any], path: str | Path, title: str = "") -
             ax.scatter([ev["t"]], [y["decisions"]], color=colour, marker=marker, s=46, zorder=3, label=lab)
     palette = plt.get_cmap("tab10")
     for p in tl["agent_playout"]:
-        colour = palette(int(p["event_id"]) % 10)
-        ax.broken_barh([(p["start"], p["end"] - p["start"])], (y["agent"] - h / 2, h), color=colour)
+        ax.broken_barh(
+            [(p["start"], p["end"] - p["start"])],
+            (y["agent"] - h / 2, h),
+            color=palette(int(p["event_id"]) % 10),
+        )
     for eid, t in tl.get("interruptions", {}).items():
         ax.plot([t, t], [y["agent"] - 0.45, y["agent"] + 0.45], color="#C44E52", lw=2.5)
         ax.text(t, y["agent"] + 0.48, f"interruption #{eid}", fontsize=7, color="#C44E52")
