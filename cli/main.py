@@ -272,8 +272,34 @@ def run(
         ),
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every node's messages.")] = False,
+    telemetry_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--telemetry",
+            help="Telemetry settings (YAML): trace exporters (otlp, console, jsonl), PII, metrics files, "
+            "Prometheus. See telemetry/config.py.",
+        ),
+    ] = None,
+    trace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trace",
+            help="Send a trace per turn to this exporter: otlp (OTEL_EXPORTER_OTLP_* settings apply), "
+            "console, or jsonl (--trace-file). Repeatable; adds to --telemetry.",
+        ),
+    ] = None,
+    trace_file: Annotated[
+        Path | None, typer.Option(help="File the jsonl trace exporter appends to (default traces.jsonl).")
+    ] = None,
+    metrics_dir: Annotated[
+        Path | None,
+        typer.Option(help="Write each session's per-turn metrics to DIR/<conversation id>.jsonl."),
+    ] = None,
 ) -> None:
-    """Serve graphs over the ElevenLabs Agents WebSocket protocol (or run one session with --once)."""
+    """Serve graphs over the ElevenLabs Agents WebSocket protocol (or run one session with --once).
+
+    Prometheus metrics are served at /metrics; traces and per-turn metrics files are opt-in.
+    """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
     )
@@ -296,8 +322,9 @@ def run(
         max_sessions=max_sessions,
         drain_timeout_s=drain_timeout,
     )
+    telemetry = _telemetry_or_exit(telemetry_file, trace or [], trace_file, metrics_dir)
     try:
-        server = AgentServer(graphs, config, policy)
+        server = AgentServer(graphs, config, policy, telemetry=telemetry)
     except ValueError as exc:  # e.g. a graph's `access: {mode: signed}` and no --api-key
         err.print(str(exc), markup=False)
         raise typer.Exit(EXIT_USAGE) from None
@@ -316,6 +343,37 @@ def run(
         raise typer.Exit(EXIT_RUN_FAILED) from None
     except KeyboardInterrupt:
         pass
+
+
+def _telemetry_or_exit(
+    file: Path | None, trace: list[str], trace_file: Path | None, metrics_dir: Path | None
+) -> Any:
+    from ah.telemetry.config import TelemetryConfig
+    from ah.telemetry.hub import Telemetry
+
+    try:
+        config = TelemetryConfig.load(file) if file is not None else TelemetryConfig()
+    except ValueError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    known = ("otlp", "console", "jsonl")
+    for name in trace:
+        if name not in known:
+            hint = closest(name, list(known))
+            err.print(
+                f"--trace {name!r}: expected one of {', '.join(known)}"
+                + (f"; did you mean {hint!r}?" if hint else ""),
+                markup=False,
+            )
+            raise typer.Exit(EXIT_USAGE)
+    traces = config.traces.model_copy(
+        update={
+            "exporters": list(dict.fromkeys([*config.traces.exporters, *trace])),
+            **({"jsonl_path": trace_file} if trace_file is not None else {}),
+        }
+    )
+    metrics = config.metrics.model_copy(update={"jsonl_dir": metrics_dir}) if metrics_dir else config.metrics
+    return Telemetry(config.model_copy(update={"traces": traces, "metrics": metrics}))
 
 
 def _run_once(graph: Graph) -> None:

@@ -220,3 +220,51 @@ def test_prometheus_metrics_endpoint() -> None:
     assert lines[f"ah_cancel_tail_seconds_count{{{g}}}"] == "1.0"
     for stage, node in (("stt", "stt.scripted"), ("llm_ttft", "llm.scripted"), ("tts_ttfa", "tts.tone")):
         assert lines[f'ah_provider_latency_seconds_count{{{g},node_type="{node}",stage="{stage}"}}'] == "2.0"
+
+
+def test_ah_run_telemetry_file_and_flags(tmp_path: Path) -> None:
+    """`ah run --telemetry FILE --trace jsonl --metrics-dir DIR`: a typed turn leaves a trace and a metrics line."""
+    from tests.server_helpers import VOICE, ServerProcess, open_conversation, text_turn, ws_url
+
+    settings = tmp_path / "telemetry.yaml"
+    settings.write_text("traces:\n  pii: true\nmetrics:\n  prometheus: true\n")
+    traces, metrics = tmp_path / "traces.jsonl", tmp_path / "metrics"
+    server = ServerProcess(
+        str(VOICE), "--telemetry", str(settings), "--trace", "jsonl", "--trace-file", str(traces),
+        "--metrics-dir", str(metrics), "--drain-timeout", "1",
+    )  # fmt: skip
+    try:
+
+        async def main() -> None:
+            ws = await open_conversation(ws_url(server.port))
+            assert "sunny" in await text_turn(ws, "Hello there")
+            await ws.close()
+
+        run(main())
+        page = urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read().decode()
+        assert "ah_active_sessions" in page
+        server.terminate()
+        code, err = server.wait()
+        assert code == 0, err
+    finally:
+        server.close()
+    spans = [json.loads(line) for line in traces.read_text().splitlines()]
+    turn = next(s for s in spans if s["name"] == "turn")
+    assert turn["attributes"]["ah.turn.typed"] is True
+    assert turn["attributes"]["ah.pii.user_text"] == "Hello there"
+    assert "ah.llm_ttft_ms" in turn["attributes"]
+    (line,) = next(metrics.glob("*.jsonl")).read_text().splitlines()
+    assert json.loads(line)["typed"] is True
+
+
+def test_ah_run_refuses_unknown_exporters_and_bad_settings(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "t.yaml"
+    bad.write_text("traces:\n  exporters: [zipkin]\n")
+    ah = [sys.executable, "-m", "ah.cli", "run", str(GRAPH), "--port", "0"]
+    r = subprocess.run([*ah, "--trace", "otpl"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "did you mean 'otlp'" in r.stderr
+    r = subprocess.run([*ah, "--telemetry", str(bad)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and f"{bad}: traces.exporters.0" in r.stderr
