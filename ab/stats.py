@@ -38,6 +38,8 @@ FIGURES: dict[str, tuple[str, str, bool]] = {
 }
 ALIASES = {alias: name for name, (alias, _, _) in FIGURES.items()}
 CONFIDENCE = 0.95
+#: Fewer paired turns than this get no verdict (and no interval: nothing to resample).
+MIN_PAIRS = 3
 
 
 @dataclass(slots=True)
@@ -72,6 +74,8 @@ class FigureComparison:
         d = self.diff_mean
         if d is None:
             return "no pairs"
+        if self.n_pairs < MIN_PAIRS:
+            return "too few pairs"
         if not d.excludes_zero:
             return "no clear difference"
         better = (d.estimate < 0) == self.lower_is_better
@@ -138,8 +142,8 @@ def paired_interval(
         return np.asarray(np.percentile(y, q, axis=axis) - np.percentile(x, q, axis=axis))
 
     estimate = float(stat(a, b))
-    if len(a) < 3 or (np.ptp(b - a) == 0 and np.ptp(a) == 0):
-        # Too few pairs to resample, or nothing varies: the difference is what it is.
+    if len(a) < MIN_PAIRS or np.ptp(b - a) == 0:
+        # Too few pairs to resample, or every pair differs by the same amount: that is the difference.
         return Interval(estimate, estimate, estimate) if len(a) >= 1 else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate resamples (all ties) are reported as NaN below

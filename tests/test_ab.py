@@ -1,8 +1,8 @@
 """``ah ab``: pairing, bootstrap intervals, --fail-if, and the reports, through the CLI.
 
-The end-to-end tests play three conversations of the corpus (a barge-in, a cough, a clean turn)
+The end-to-end tests play five conversations of the corpus (a barge-in, two noises, a backchannel, a clean turn)
 through the silence and overlap-aware variants of AH-001 on the virtual clock, so every figure is
-exact: the overlap-aware policy pauses on the cough where silence cuts the agent off for good.
+exact: the overlap-aware policy pauses on the noises where silence cuts the agent off for good.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 AH = [sys.executable, "-m", "ah.cli"]
 EXP = ROOT / "experiments" / "AH-001"
 CORPUS = ROOT / "experiments" / "conversations"
-SCRIPTS = ["barge_in_01.yaml", "noise_01.yaml", "clean_01.yaml"]
+SCRIPTS = ["barge_in_01.yaml", "noise_01.yaml", "noise_02.yaml", "backchannel_01.yaml", "clean_01.yaml"]
 
 
 def test_paired_bootstrap_finds_a_shift_and_none_where_there_is_none() -> None:
@@ -90,7 +90,7 @@ def ab(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 def test_ab_cli_reports_and_exit_codes(tmp_path: Path) -> None:
     ok = ab(tmp_path, "--repeats", "2", "--fail-if", "B.false_cut_off_rate > 0")
     assert ok.returncode == 0, ok.stderr + ok.stdout
-    assert "12/12" in ok.stderr, "progress counts every conversation of both variants, each repeat"
+    assert "20/20" in ok.stderr, "progress counts every conversation of both variants, each repeat"
     data = json.loads((tmp_path / "report" / "ab.json").read_text())
     figures = {f["figure"]: f for f in data["figures"]}
     # The cough: silence cuts the agent off for good, overlap-aware pauses and resumes.
