@@ -208,6 +208,7 @@ class AgentServer:
             graph,
             attachments={"connection": conn, "agent_id": agent_id, "query": query},
             observers=[tracker] if tracker is not None else (),
+            tracer=self.telemetry.node_tracer(),
         )
         self.sessions[session.id] = session
         self._idle.clear()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import IO
 
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from ah.telemetry.config import TelemetryConfig
@@ -35,6 +36,10 @@ class Telemetry:
     def observer(self) -> TurnTracker | None:
         """A turn tracker for one new session, or None when nothing records turns."""
         return TurnTracker(self.sinks) if self.sinks else None
+
+    def node_tracer(self) -> Tracer | None:
+        """The tracer nodes get as ``ctx.tracer``: their own spans go to the same exporters."""
+        return self.provider.get_tracer("ah.nodes") if self.provider is not None else None
 
     def prometheus_text(self) -> bytes:
         return generate_latest(self.registry)
