@@ -160,6 +160,8 @@ class OverlapAwareBase(Node[Any]):
         self._last_voiced = -1.0  # audio time of the latest voiced VAD window
         self._scores_seen = False
         async with asyncio.TaskGroup() as tg:
+            # Timers run in the node's task group too: one that raises fails the node (and names it).
+            self._tg = tg
             tg.create_task(self._vad_loop())
             tg.create_task(self._transcript_loop())
             tg.create_task(self._typed_loop())
@@ -202,7 +204,7 @@ class OverlapAwareBase(Node[Any]):
                 self._on_speech_end(ev)
 
     def _on_speech_start(self, ev: VadFrame) -> None:
-        loop = asyncio.get_running_loop()
+        tg = self._tg
         self._speaking = True
         self._cancel(self._endpoint)
         if self._utt_start is None:
@@ -221,21 +223,21 @@ class OverlapAwareBase(Node[Any]):
             self._cancel(ov.resume_timer)
         ov.burst_start = ev.t
         if not self._scores_seen:  # a VAD without scores: count from the confirmation instead
-            ov.commit_timer = loop.create_task(self._commit_after_min_speech(ov))
+            ov.commit_timer = tg.create_task(self._commit_after_min_speech(ov))
 
     def _on_speech_end(self, ev: VadFrame) -> None:
         self._speaking = False
         self._last_speech_end = ev.t
         already = max(0.0, ev.confirmed_at - ev.t) if ev.confirmed_at else 0.0
         self.report("speech_end", audio_t=ev.t)
-        loop = asyncio.get_running_loop()
-        self._endpoint = loop.create_task(self._endpoint_after_silence(ev.t, already))
+        tg = self._tg
+        self._endpoint = tg.create_task(self._endpoint_after_silence(ev.t, already))
         ov = self._overlap
         if ov is not None:
             self._cancel(ov.commit_timer)
             ov.burst_end = ev.t
             wait = max(0.0, self.params.resume_timeout_ms / 1000 - already)
-            ov.resume_timer = loop.create_task(self._resume_after(ov, wait, "no transcript in time"))
+            ov.resume_timer = tg.create_task(self._resume_after(ov, wait, "no transcript in time"))
 
     async def _transcript_loop(self) -> None:
         async for tr in self.transcripts:
