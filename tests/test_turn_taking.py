@@ -308,3 +308,42 @@ def test_smart_turn_ends_a_complete_turn_after_its_short_silence() -> None:
     silence = play(SILENCE, "clean_05")
     (s_eot,) = decisions(silence.timeline, "end_of_turn")
     assert eot["t"] - end["t"] <= s_eot["t"] - decisions(silence.timeline, "speech_end")[0]["t"] + 1e-6
+
+
+# -- preemptive generation ---------------------------------------------------------------------------------------
+# A short VAD hangover and a long endpoint leave a window in which the transcript is in but the turn is not
+# yet final: that is when a preemptive reply starts.
+WINDOW_OVERRIDES: dict[str, dict[str, Any]] = {"vad": {"min_silence_ms": 160}}
+
+
+def test_preemptive_generation_starts_the_reply_early_and_releases_it_at_the_end_of_turn() -> None:
+    plain = play(OVERLAP, "clean_01", turn={"endpoint_silence_ms": 1200}, **WINDOW_OVERRIDES)
+    pre = play(
+        OVERLAP, "clean_01", turn={"endpoint_silence_ms": 1200, "preemptive": True}, **WINDOW_OVERRIDES
+    )
+    (start,) = decisions(pre.timeline, "preempt")
+    (eot,) = decisions(pre.timeline, "end_of_turn")
+    assert eot["preempted"] is True and eot["scope"] == start["scope"] and start["t"] < eot["t"]
+    # Same end of turn in both; the held reply had its LLM time (200 ms first token + 20 ms a word) done.
+    assert eot["t"] == pytest.approx(decisions(plain.timeline, "end_of_turn")[0]["t"], abs=1e-6)
+    a, b = plain.turns[0].response_latency_ms, pre.turns[0].response_latency_ms
+    assert a is not None and b is not None and a - b >= 200
+    # Nothing of the reply reached the client before the turn was final.
+    assert min(pre.timeline.reply_start.values()) >= eot["t"] - 1e-9
+
+
+def test_a_preemptive_reply_is_dropped_unheard_when_the_user_goes_on() -> None:
+    r = play(OVERLAP, "pause_01", turn={"endpoint_silence_ms": 1200, "preemptive": True}, **WINDOW_OVERRIDES)
+    tl = r.timeline
+    first, second = decisions(tl, "preempt")
+    (dropped,) = decisions(tl, "preempt_dropped")
+    assert dropped["scope"] == first["scope"] and dropped["reason"] == "speech resumed"
+    (eot,) = decisions(tl, "end_of_turn")
+    assert (
+        eot["scope"] == second["scope"]
+        and eot["text"] == "I would like to fly to Paris on the first of June."
+    )
+    # One reply was heard, after the end of the whole turn; the dropped one never showed.
+    assert len(messages(tl, "agent_response")) == 1
+    assert min(tl.reply_start.values()) >= eot["t"] - 1e-9
+    assert r.turns[0].premature is False
