@@ -153,6 +153,8 @@ class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
     # -- agent text ---------------------------------------------------------------------------------------
     async def _text_loop(self) -> None:
         async for frame in self.text:
+            if frame.scope in self.ctx.scopes.paused:
+                await self._wait_unpaused(frame.scope)  # a held reply shows nothing until released
             if frame.scope in self.ctx.scopes.cancelled:
                 continue
             reply = self._reply(frame.scope)
