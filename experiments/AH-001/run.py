@@ -62,6 +62,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--realtime", action="store_true", help="real server, real protocol, real time")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument(
+        "--only", action="append", help="compare silence only with these variants (overlap_aware, smart_turn)"
+    )
     args = ap.parse_args()
     out = HERE / "realtime" if args.realtime else HERE
     files = sorted(CORPUS.glob("*.yaml"))
@@ -72,10 +75,15 @@ def main() -> None:
     variants = [where / "silence.yaml", where / "overlap_aware.yaml"]
     if "turn_policy.smart_turn" in default_registry().names() and (where / "smart_turn.yaml").exists():
         variants.append(where / "smart_turn.yaml")
+    if args.only:
+        variants = [variants[0], *(v for v in variants[1:] if v.stem in args.only)]
     graphs = [load_graph(v) for v in variants]
     a = graphs[0]
     texts: list[str] = []
     all_metrics: dict[str, Any] = {"mode": "realtime" if args.realtime else "virtual", "comparisons": {}}
+    old = out / "qa" / "metrics.json"
+    if args.only and old.exists():  # a partial run adds to what is there
+        all_metrics["comparisons"] = json.loads(old.read_text()).get("comparisons", {})
     t0 = time.monotonic()
     for b in graphs[1:]:
         with Progress(
@@ -98,13 +106,14 @@ def main() -> None:
             len(scenarios), comparisons, pa.samples, pb.samples,
             failures=[f"A: {f}" for f in pa.failures] + [f"B: {f}" for f in pb.failures],
         )  # fmt: skip
-        suffix = "" if len(graphs) == 2 else f"_{b.name}"
-        write(report, out / f"report{suffix}")
+        write(report, out / f"report_{variants[graphs.index(b)].stem}")
         all_metrics["comparisons"][f"{a.name}_vs_{b.name}"] = report.to_json()
     all_metrics["wall_s"] = round(time.monotonic() - t0, 1)
     (out / "qa").mkdir(parents=True, exist_ok=True)
     (out / "qa" / "metrics.json").write_text(json.dumps(all_metrics, indent=1))
-    (out / "qa" / "transcript_raw.txt").write_text("\n".join(texts) + "\n")
+    mode = "a" if args.only else "w"
+    with (out / "qa" / "transcript_raw.txt").open(mode) as fh:
+        fh.write("\n".join(texts) + "\n")
     for name, data in all_metrics["comparisons"].items():
         print(name)
         for f in data["figures"]:
