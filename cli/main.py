@@ -30,11 +30,12 @@ T = TypeVar("T")
 EXIT_INVALID = 1
 EXIT_USAGE = 2
 EXIT_RUN_FAILED = 3
+EXIT_AB_CONDITION = 4  # `ah ab --fail-if`: a condition held
 
 app = typer.Typer(
     name="ah",
     help="Automagik Hello: real-time voice-agent graphs.\n\nExit codes: 0 ok, 1 invalid graph or input, "
-    "2 usage error, 3 run failed (a node crashed).",
+    "2 usage error, 3 run failed (a node crashed), 4 an `ah ab --fail-if` condition held.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -296,8 +297,34 @@ def run(
         ),
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every node's messages.")] = False,
+    telemetry_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--telemetry",
+            help="Telemetry settings (YAML): trace exporters (otlp, console, jsonl), PII, metrics files, "
+            "Prometheus. See telemetry/config.py.",
+        ),
+    ] = None,
+    trace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trace",
+            help="Send a trace per turn to this exporter: otlp (OTEL_EXPORTER_OTLP_* settings apply), "
+            "console, or jsonl (--trace-file). Repeatable; adds to --telemetry.",
+        ),
+    ] = None,
+    trace_file: Annotated[
+        Path | None, typer.Option(help="File the jsonl trace exporter appends to (default traces.jsonl).")
+    ] = None,
+    metrics_dir: Annotated[
+        Path | None,
+        typer.Option(help="Write each session's per-turn metrics to DIR/<conversation id>.jsonl."),
+    ] = None,
 ) -> None:
-    """Serve graphs over the ElevenLabs Agents WebSocket protocol (or run one session with --once)."""
+    """Serve graphs over the ElevenLabs Agents WebSocket protocol (or run one session with --once).
+
+    Prometheus metrics are served at /metrics; traces and per-turn metrics files are opt-in.
+    """
     who = f"worker {worker_id} " if worker_id else ""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format=f"%(asctime)s {who}%(name)s %(message)s"
@@ -326,8 +353,9 @@ def run(
         listen_fd=listen_fd,
         compression=compression,
     )
+    telemetry = _telemetry_or_exit(telemetry_file, trace or [], trace_file, metrics_dir)
     try:
-        server = AgentServer(graphs, config, policy)
+        server = AgentServer(graphs, config, policy, telemetry=telemetry)
     except ValueError as exc:  # e.g. a graph's `access: {mode: signed}` and no --api-key
         err.print(str(exc), markup=False)
         raise typer.Exit(EXIT_USAGE) from None
@@ -408,6 +436,37 @@ def _supervise(server: Any, worker_args: list[str], count: int, env: dict[str, s
     code = _run_loop(_main())
     if code:
         raise typer.Exit(code)
+
+
+def _telemetry_or_exit(
+    file: Path | None, trace: list[str], trace_file: Path | None, metrics_dir: Path | None
+) -> Any:
+    from ah.telemetry.config import TelemetryConfig
+    from ah.telemetry.hub import Telemetry
+
+    try:
+        config = TelemetryConfig.load(file) if file is not None else TelemetryConfig()
+    except ValueError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    known = ("otlp", "console", "jsonl")
+    for name in trace:
+        if name not in known:
+            hint = closest(name, list(known))
+            err.print(
+                f"--trace {name!r}: expected one of {', '.join(known)}"
+                + (f"; did you mean {hint!r}?" if hint else ""),
+                markup=False,
+            )
+            raise typer.Exit(EXIT_USAGE)
+    traces = config.traces.model_copy(
+        update={
+            "exporters": list(dict.fromkeys([*config.traces.exporters, *trace])),
+            **({"jsonl_path": trace_file} if trace_file is not None else {}),
+        }
+    )
+    metrics = config.metrics.model_copy(update={"jsonl_dir": metrics_dir}) if metrics_dir else config.metrics
+    return Telemetry(config.model_copy(update={"traces": traces, "metrics": metrics}))
 
 
 def _run_once(graph: Graph) -> None:
@@ -643,6 +702,115 @@ def doctor(
     if bad:
         err.print(f"[red]{bad} problem{'s' if bad != 1 else ''}[/red]")
         raise typer.Exit(EXIT_INVALID)
+
+
+@app.command()
+def ab(
+    a_file: Annotated[Path, typer.Argument(metavar="A.yaml", help="Graph variant A (the baseline).")],
+    b_file: Annotated[Path, typer.Argument(metavar="B.yaml", help="Graph variant B (the candidate).")],
+    corpus: Annotated[
+        list[Path],
+        typer.Option("--corpus", help="Conversation scripts (YAML), or folders of them (repeatable)."),
+    ],
+    repeats: Annotated[int, typer.Option(min=1, help="Times each conversation is played per variant.")] = 1,
+    fail_if: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail-if",
+            help='Exit 4 when this holds, e.g. "B.ttfb_p99 > A.ttfb_p99 * 1.1" or "diff.ttfb_mean_low > 0" '
+            "(repeatable; names: A./B. + figure_stat, diff. + figure_mean/_p95[_low|_high]).",
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for report.md, report.html, the plots and ab.json.")
+    ] = Path("ab-report"),
+    virtual: Annotated[
+        bool,
+        typer.Option(
+            "--virtual",
+            help="Play on a virtual clock (exact, fast; graphs of scripted nodes) instead of real time over "
+            "the real protocol.",
+        ),
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
+) -> None:
+    """Compare two graph variants on the same scripted conversations, turn by turn.
+
+    Every conversation of the corpus is played through A and B (over the ElevenLabs protocol to a real
+    server, in real time, unless --virtual); turns are paired by scenario and step; each figure of
+    ARCHITECTURE.md §5 gets B − A with a paired bootstrap 95 % interval. Writes OUT/report.md,
+    OUT/report.html (with plots), OUT/*.png and OUT/ab.json.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ah.ab.condition import Condition, ConditionError
+    from ah.ab.report import Report, rows, write
+    from ah.ab.run import play_ab
+    from ah.ab.stats import compare
+    from ah.sim import ScriptError, load_scenario
+
+    try:
+        conditions = [Condition(c) for c in fail_if or []]
+    except ConditionError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    ga, gb = _load_or_exit(a_file), _load_or_exit(b_file)
+    files: list[Path] = []
+    for c in corpus:
+        if not c.exists():
+            err.print(f"--corpus {c}: no such file or folder", markup=False)
+            raise typer.Exit(EXIT_INVALID)
+        files.extend(sorted(c.glob("*.yaml")) if c.is_dir() else [c])
+    try:
+        scenarios = [load_scenario(f) for f in files]
+    except ScriptError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    if not scenarios:
+        err.print(f"no conversation scripts (*.yaml) in {', '.join(map(str, corpus))}", markup=False)
+        raise typer.Exit(EXIT_INVALID)
+    a_name = ga.name if ga.name != gb.name else a_file.stem
+    b_name = gb.name if ga.name != gb.name else b_file.stem
+    total = 2 * len(scenarios) * repeats
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    ) as bar:
+        task = bar.add_task("playing", total=total)
+
+        def played(side: str, result: Any) -> None:
+            mark = "" if result.ok else " [red]failed[/red]"
+            bar.update(task, advance=1, description=f"{side} {escape(result.scenario.scenario):<22}{mark}")
+
+        a, b = _run_loop(
+            play_ab(
+                ga, gb, scenarios, repeats=repeats, virtual=virtual, server_metrics=out_dir / "server_metrics",
+                on_result=played,
+            )
+        )  # fmt: skip
+    comparisons = compare(a.samples, b.samples, seed=seed)
+    report = Report(
+        a_name, b_name, str(a_file), str(b_file), ", ".join(map(str, corpus)), repeats,
+        "virtual clock" if virtual else "real time, real server, ElevenLabs protocol", len(scenarios),
+        comparisons, a.samples, b.samples,
+        failures=[f"A: {f}" for f in a.failures] + [f"B: {f}" for f in b.failures],
+    )  # fmt: skip
+    for cond in conditions:
+        holds, why = cond.evaluate(comparisons)
+        report.conditions.append((cond.text, holds, why))
+    paths = write(report, out_dir)
+    table = Table("figure", "A", "B", "B−A mean [95% CI]", "pairs", "verdict", box=None, padding=(0, 2))
+    for row in rows(report):
+        table.add_row(*(escape(x) for x in (row[0], row[2], row[3], row[4], row[6], row[7])))
+    out.print(table)
+    for _, holds, why in report.conditions:
+        out.print(("[red]FAILED[/red] " if holds else "[green]ok[/green] ") + escape(why))
+    out.print(f"report: {paths['html']}  {paths['markdown']}  {paths['json']}")
+    if any(h for _, h, _ in report.conditions):
+        raise typer.Exit(EXIT_AB_CONDITION)
 
 
 def main() -> None:

@@ -24,6 +24,13 @@ transcript says so, or ``resume_timeout_ms`` (700 ms) at most.
 (counted from the end of speech, not the VAD's confirmation), once its final transcript is in. The
 default wait is ``endpoint_silence_ms``; ``turn_policy.smart_turn`` asks its model instead.
 
+**Preemptive generation** (``preemptive: true``): when speech has ended and its transcript is in but
+the end-of-turn silence is still being timed, the reply starts at once in a *paused* scope, so the LLM
+(and everything the runtime lets run under a paused scope) works ahead while nothing reaches the
+listener. If the turn then ends with the same text, the scope is resumed (the reply is already under
+way); if the user goes on, or the turn's text grows, the scope is cancelled and its work dropped. A
+reply to a turn that was not final is never heard.
+
 **Decisions are reported** as session events of kind ``turn`` (``data.event``: ``speech_start``,
 ``speech_end``, ``pause``, ``resume``, ``interrupt``, ``end_of_turn``, ...; ``data.t``: session clock
 time), which the conversation simulator draws on its timeline.
@@ -70,6 +77,7 @@ DEFAULT_BACKCHANNELS = [
     "i see",
     "got it",
 ]
+PREEMPT_POLL = 20  # loop turns a preemptive reply's LLM gets to take its turn before the reply is paused
 _NOISE_TAG = re.compile(r"[\[(\*][^\])\*]*[\])\*]")  # Whisper's "[coughing]", "(laughs)", "*sigh*"
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 
@@ -121,6 +129,12 @@ class OverlapParams(Params):
         le=10000,
         description="After a short burst ends, how long to wait for its transcript before resuming the reply.",
     )
+    preemptive: bool = Field(
+        False,
+        description="Preemptive generation: once speech has ended and its transcript is in, start the reply "
+        "while the silence is still being timed, held (paused) so nothing of it is heard; it is released if "
+        "the turn ends with that text, and dropped if the user goes on.",
+    )
     backchannels: list[str] = Field(
         default_factory=lambda: list(DEFAULT_BACKCHANNELS),
         description="Phrases that, said while the agent talks, do not take the turn (the reply resumes).",
@@ -157,9 +171,12 @@ class OverlapAwareBase(Node[Any]):
         self._resumed_upto = -1.0  # audio time: transcripts of bursts up to here were judged not a turn
         self._last_speech_end = 0.0
         self._utt_start: float | None = None  # audio time the current user utterance began
+        self._preempt: tuple[int, str] | None = None  # a held reply started on a tentative end of turn
         self._last_voiced = -1.0  # audio time of the latest voiced VAD window
         self._scores_seen = False
         async with asyncio.TaskGroup() as tg:
+            # Timers run in the node's task group too: one that raises fails the node (and names it).
+            self._tg = tg
             tg.create_task(self._vad_loop())
             tg.create_task(self._transcript_loop())
             tg.create_task(self._typed_loop())
@@ -202,9 +219,10 @@ class OverlapAwareBase(Node[Any]):
                 self._on_speech_end(ev)
 
     def _on_speech_start(self, ev: VadFrame) -> None:
-        loop = asyncio.get_running_loop()
+        tg = self._tg
         self._speaking = True
         self._cancel(self._endpoint)
+        self._drop_preempt("speech resumed")
         if self._utt_start is None:
             self._utt_start = ev.t
         self.report("speech_start", audio_t=ev.t)
@@ -221,21 +239,21 @@ class OverlapAwareBase(Node[Any]):
             self._cancel(ov.resume_timer)
         ov.burst_start = ev.t
         if not self._scores_seen:  # a VAD without scores: count from the confirmation instead
-            ov.commit_timer = loop.create_task(self._commit_after_min_speech(ov))
+            ov.commit_timer = tg.create_task(self._commit_after_min_speech(ov))
 
     def _on_speech_end(self, ev: VadFrame) -> None:
         self._speaking = False
         self._last_speech_end = ev.t
         already = max(0.0, ev.confirmed_at - ev.t) if ev.confirmed_at else 0.0
         self.report("speech_end", audio_t=ev.t)
-        loop = asyncio.get_running_loop()
-        self._endpoint = loop.create_task(self._endpoint_after_silence(ev.t, already))
+        tg = self._tg
+        self._endpoint = tg.create_task(self._endpoint_after_silence(ev.t, already))
         ov = self._overlap
         if ov is not None:
             self._cancel(ov.commit_timer)
             ov.burst_end = ev.t
             wait = max(0.0, self.params.resume_timeout_ms / 1000 - already)
-            ov.resume_timer = loop.create_task(self._resume_after(ov, wait, "no transcript in time"))
+            ov.resume_timer = tg.create_task(self._resume_after(ov, wait, "no transcript in time"))
 
     async def _transcript_loop(self) -> None:
         async for tr in self.transcripts:
@@ -261,9 +279,12 @@ class OverlapAwareBase(Node[Any]):
                 self._pending.append(text)
                 if not self._speaking and (self._endpoint is None or self._endpoint.done()):
                     await self._commit_turn()  # the silence already ran out while STT was working
+                elif self.params.preemptive and not self._speaking and self._overlap is None:
+                    await self._start_preempt()
 
     async def _typed_loop(self) -> None:
         async for turn in self.typed:
+            self._drop_preempt("typed turn")
             await self._interrupt_live("typed")
             scope = self.ctx.scopes.open("reply")
             await self.turns.send(UserTurnFrame(turn.text, typed=True, scope=scope))
@@ -311,13 +332,51 @@ class OverlapAwareBase(Node[Any]):
         text = " ".join(self._pending)
         self._pending.clear()
         self._utt_start = None
+        pre, self._preempt = self._preempt, None
+        if pre is not None and pre[1] == text and self.ctx.scopes.state(pre[0]) is ScopeState.PAUSED:
+            # The turn ended as it was when the reply was started: release it (it is already under way).
+            await self._interrupt_live("new turn", keep=pre[0])
+            self.ctx.scopes.resume(pre[0])
+            self.report("end_of_turn", scope=pre[0], text=text, audio_t=self._last_speech_end, preempted=True)
+            return
+        if pre is not None:
+            self._preempt = pre
+            self._drop_preempt("the turn grew")
         await self._interrupt_live("new turn")
         scope = self.ctx.scopes.open("reply")
         self.report("end_of_turn", scope=scope, text=text, audio_t=self._last_speech_end)
         await self.turns.send(UserTurnFrame(text, scope=scope, t_end_of_speech=self._last_speech_end))
 
-    async def _interrupt_live(self, reason: str) -> None:
+    async def _start_preempt(self) -> None:
+        """A tentative end of turn: start the reply now, held until the turn is final."""
+        text = " ".join(self._pending)
+        if self._preempt is not None and self._preempt[1] == text:
+            return
+        self._drop_preempt("the turn grew")
+        scopes = self.ctx.scopes
+        scope = scopes.open("reply")
+        self._preempt = (scope, text)
+        self.report("preempt", scope=scope, text=text)
+        await self.turns.send(UserTurnFrame(text, scope=scope, t_end_of_speech=self._last_speech_end))
+        # Pause it once the LLM has taken the turn (a paused frame would wait in the LLM's input): from
+        # then on everything it makes is held, and protocol_out sends nothing of a paused reply.
+        s = scopes.get(scope)
+        for _ in range(PREEMPT_POLL):
+            if s is None or s.tasks or scopes.state(scope) is not ScopeState.ACTIVE:
+                break
+            await asyncio.sleep(0)
+        scopes.pause(scope)
+
+    def _drop_preempt(self, reason: str) -> None:
+        pre, self._preempt = self._preempt, None
+        if pre is not None:
+            self.ctx.scopes.cancel(pre[0])  # its LLM and TTS work stop; its held frames are purged
+            self.report("preempt_dropped", scope=pre[0], reason=reason)
+
+    async def _interrupt_live(self, reason: str, keep: int | None = None) -> None:
         for scope in self.ctx.scopes.live():
+            if scope == keep:
+                continue
             self.ctx.scopes.cancel(scope)
             self.report("interrupt", scope=scope, reason=reason)
             await self.interruptions.send(InterruptionFrame(scope))

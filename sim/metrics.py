@@ -6,8 +6,10 @@ does not apply to a turn (a noise has no response latency) is ``None``.
 
 * ``response_latency_ms`` (turn, barge_in): from the utterance's last voiced sample, as sent, to the
   first audio chunk of a new reply received by the client.
-* ``premature`` (turn): the agent began a reply while the utterance was still going on (a pause in
-  mid-sentence taken for the end of the turn).
+* ``premature`` (turn): the listener saw or heard the agent begin a reply while the utterance was
+  still going on (a pause in mid-sentence taken for the end of the turn).
+* ``early_end_of_turn`` (turn): the server's turn policy ended the turn while the utterance was still
+  going on, whether or not the listener noticed (an overlap-aware policy may hold that reply back).
 * ``barge_in_reaction_ms`` (barge_in): from the utterance's first voiced sample to the agent's audio
   stopping at the client.
 * ``interruption_client_ms`` / ``cancel_tail_server_ms``: from the server's decision to cut the reply
@@ -38,6 +40,7 @@ class TurnMetrics:
     text: str
     response_latency_ms: float | None = None
     premature: bool | None = None
+    early_end_of_turn: bool | None = None
     barge_in_reaction_ms: float | None = None
     interruption_client_ms: float | None = None
     cancel_tail_server_ms: float | None = None
@@ -115,6 +118,10 @@ def _judge(
         ]
         m.response_latency_ms = _ms(min(new) - speech_end) if new else None
         m.premature = any(onset < t < speech_end for t in tl.reply_start.values())
+        m.early_end_of_turn = any(
+            kind == "turn" and d.get("event") == "end_of_turn" and onset < float(d.get("t", t)) < speech_end
+            for t, kind, d in tl.server
+        )
     if at_onset is None:
         return
     eid = at_onset.event_id

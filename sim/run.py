@@ -148,6 +148,9 @@ async def simulate_virtual(
     script_stt: bool = True,
 ) -> ScenarioResult:
     """Play ``scenario`` through ``graph`` on a virtual clock (exact, fast). ``overrides``: node -> params."""
+    # Models load before the clock starts: a load on a thread would let virtual time run ahead of it.
+    for node in graph.nodes.values():
+        await node.cls.preload(node.params)
     clock = VirtualClock(auto_advance=True)
     conn = _MemoryConnection()
     session = Session(

@@ -247,3 +247,103 @@ def test_agent_audio_trigger_waits_for_the_agent() -> None:
     tl = r.timeline
     first_audio = min(tl.first_audio.values())
     assert tl.user[1].start == pytest.approx(first_audio + 0.5, abs=CHUNK + 1e-6)
+
+
+# -- smart_turn, with the real model -----------------------------------------------------------------------------
+SMART = ROOT / "tests" / "graphs" / "turn_sim_smart.yaml"
+
+
+def _smart() -> Any:
+    from ah.nodes.model_store import ModelMissing, require
+
+    try:
+        require("smart-turn-v3.2")
+    except ModelMissing:
+        pytest.skip("smart-turn model not pulled (ah models pull smart-turn-v3.2)")
+    return load_graph(SMART)
+
+
+def test_smart_turn_features_match_whisper_log_mel_and_the_model_judges_completeness() -> None:
+    import numpy as np
+
+    from ah.nodes.turn_smart import _load, features, model_path, predict
+    from ah.sim.script import load_clip
+
+    model = _load(model_path(), 1)
+    feats = features(model[1], np.zeros(16000, np.float32))
+    assert feats.shape == (1, 80, 800) and feats.dtype == np.float32
+    clip = load_clip(CORPUS / "audio" / "p04a.wav")  # "I was thinking about | going to the beach ..."
+    x = np.frombuffer(clip.pcm, dtype="<i2").astype(np.float32) / 32768
+    (a, b), *_ = clip.voiced
+    first = x[int((a - 0.2) * 16000) : int((b + 0.2) * 16000)]
+    assert predict(model, first) < 0.5  # "I was thinking about" — not finished
+    q = load_clip(CORPUS / "audio" / "q07a.wav")  # "What is the capital of Australia?"
+    xq = np.frombuffer(q.pcm, dtype="<i2").astype(np.float32) / 32768
+    assert predict(model, xq[: int(((q.speech_end or 0) + 0.2) * 16000)]) > 0.5
+
+
+def test_smart_turn_waits_through_a_pause_the_model_calls_incomplete() -> None:
+    smart = _smart()
+    r = play(smart, "pause_04")
+    tl = r.timeline
+    verdicts = decisions(tl, "smart_turn")
+    assert verdicts[0]["complete"] is False  # after "I was thinking about"
+    assert r.turns[0].early_end_of_turn is False and r.turns[0].premature is False
+    (eot,) = decisions(tl, "end_of_turn")
+    assert eot["text"] == "I was thinking about going to the beach this weekend."
+    # The silence policy ends the same turn in the pause.
+    assert play(SILENCE, "pause_04").turns[0].early_end_of_turn is True
+
+
+def test_smart_turn_ends_a_complete_turn_after_its_short_silence() -> None:
+    smart = _smart()
+    r = play(smart, "clean_05", turn={"complete_silence_ms": 200})
+    tl = r.timeline
+    (verdict,) = decisions(tl, "smart_turn")
+    assert verdict["complete"] is True
+    (eot,) = decisions(tl, "end_of_turn")
+    end = decisions(tl, "speech_end")[0]
+    # The VAD's hangover (450 ms) is longer than the 200 ms asked for: the turn ends as the end is
+    # confirmed, once the transcript (100 ms later) is in — no later than the silence policy.
+    silence = play(SILENCE, "clean_05")
+    (s_eot,) = decisions(silence.timeline, "end_of_turn")
+    assert eot["t"] - end["t"] <= s_eot["t"] - decisions(silence.timeline, "speech_end")[0]["t"] + 1e-6
+
+
+# -- preemptive generation ---------------------------------------------------------------------------------------
+# A short VAD hangover and a long endpoint leave a window in which the transcript is in but the turn is not
+# yet final: that is when a preemptive reply starts.
+WINDOW_OVERRIDES: dict[str, dict[str, Any]] = {"vad": {"min_silence_ms": 160}}
+
+
+def test_preemptive_generation_starts_the_reply_early_and_releases_it_at_the_end_of_turn() -> None:
+    plain = play(OVERLAP, "clean_01", turn={"endpoint_silence_ms": 1200}, **WINDOW_OVERRIDES)
+    pre = play(
+        OVERLAP, "clean_01", turn={"endpoint_silence_ms": 1200, "preemptive": True}, **WINDOW_OVERRIDES
+    )
+    (start,) = decisions(pre.timeline, "preempt")
+    (eot,) = decisions(pre.timeline, "end_of_turn")
+    assert eot["preempted"] is True and eot["scope"] == start["scope"] and start["t"] < eot["t"]
+    # Same end of turn in both; the held reply had its LLM time (200 ms first token + 20 ms a word) done.
+    assert eot["t"] == pytest.approx(decisions(plain.timeline, "end_of_turn")[0]["t"], abs=1e-6)
+    a, b = plain.turns[0].response_latency_ms, pre.turns[0].response_latency_ms
+    assert a is not None and b is not None and a - b >= 200
+    # Nothing of the reply reached the client before the turn was final.
+    assert min(pre.timeline.reply_start.values()) >= eot["t"] - 1e-9
+
+
+def test_a_preemptive_reply_is_dropped_unheard_when_the_user_goes_on() -> None:
+    r = play(OVERLAP, "pause_01", turn={"endpoint_silence_ms": 1200, "preemptive": True}, **WINDOW_OVERRIDES)
+    tl = r.timeline
+    first, second = decisions(tl, "preempt")
+    (dropped,) = decisions(tl, "preempt_dropped")
+    assert dropped["scope"] == first["scope"] and dropped["reason"] == "speech resumed"
+    (eot,) = decisions(tl, "end_of_turn")
+    assert (
+        eot["scope"] == second["scope"]
+        and eot["text"] == "I would like to fly to Paris on the first of June."
+    )
+    # One reply was heard, after the end of the whole turn; the dropped one never showed.
+    assert len(messages(tl, "agent_response")) == 1
+    assert min(tl.reply_start.values()) >= eot["t"] - 1e-9
+    assert r.turns[0].premature is False

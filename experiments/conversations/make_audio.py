@@ -75,6 +75,33 @@ def _speak(voice: object, text: str, speed: float) -> np.ndarray:
     return shifted[voiced[0] : voiced[-1] + 1]
 
 
+def _word_gaps(x: np.ndarray, level: float = 0.01, min_gap_s: float = 0.03) -> list[tuple[int, int]]:
+    """Quiet stretches inside ``x`` (10 ms frames below ``level``): the boundaries between words."""
+    fr = SR // 100
+    n = len(x) // fr
+    quiet = np.sqrt((x[: n * fr].reshape(n, fr) ** 2).mean(axis=1)) < level
+    gaps: list[tuple[int, int]] = []
+    i = 0
+    while i < n:
+        j = i
+        while j < n and quiet[j]:
+            j += 1
+        if j > i and i > 0 and j < n and (j - i) / 100 >= min_gap_s:
+            gaps.append((i * fr, j * fr))
+        i = max(j, i + 1)
+    return gaps
+
+
+def _speak_with_pause(voice: object, first: str, rest: str, pause_s: float, speed: float) -> list[np.ndarray]:
+    """The whole sentence synthesised at once (so the first part keeps its mid-sentence melody), with
+    ``pause_s`` of silence put into the word boundary nearest to where ``first`` ends."""
+    text = f"{first} {rest}"
+    x = _speak(voice, text, speed)
+    at = len(first) / len(text) * len(x)
+    a, b = min(_word_gaps(x), key=lambda g: abs((g[0] + g[1]) / 2 - at))
+    return [x[:a], _gap(pause_s), x[b:]]
+
+
 def _floor(n: int, seed: int) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(n) * 10 ** (NOISE_DBFS / 20)).astype(np.float32)
 
@@ -127,7 +154,7 @@ def main() -> int:
     for n, (a, b, pause) in enumerate(PAUSED, 1):
         for v, speed in SPEEDS.items():
             seed += 1
-            _write(f"p{n:02d}{v}.wav", [_speak(voice, a, speed), _gap(pause), _speak(voice, b, speed)], seed)
+            _write(f"p{n:02d}{v}.wav", _speak_with_pause(voice, a, b, pause, speed), seed)
     for name, parts in noises().items():
         seed += 1
         _write(name, parts, seed)

@@ -134,6 +134,11 @@ class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
                 reply.audio_s += frame.duration_s
                 if not await self.state.send({"type": "audio", "audio_event": event}):
                     return
+                if reply.last_audio_at is None:
+                    # Observers (tracing, metrics) time the response latency to this moment.
+                    self.ctx.emit(
+                        SessionEvent("reply_audio_started", data={"scope": scope, "event_id": reply.event_id})
+                    )
                 reply.last_audio_at = clock.now()
             if last:
                 if reply.wall_start is not None:
@@ -148,6 +153,8 @@ class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
     # -- agent text ---------------------------------------------------------------------------------------
     async def _text_loop(self) -> None:
         async for frame in self.text:
+            if frame.scope in self.ctx.scopes.paused:
+                await self._wait_unpaused(frame.scope)  # a held reply shows nothing until released
             if frame.scope in self.ctx.scopes.cancelled:
                 continue
             reply = self._reply(frame.scope)
