@@ -1,6 +1,6 @@
 """Capacity of one ``ah`` process: ramp concurrent real-time voice sessions, level by level.
 
-Run it with ``.venv/bin/python experiments/capacity.py`` (``--levels 1,25,50,100,125 --turns 2``).
+Run it with ``.venv/bin/python experiments/capacity.py`` (``--levels 1,25,50,100,150 --turns 2``).
 Issue 9 point 1: how many sessions one process carries before the ones it has slow down.
 
 Processes, so that the clients' own load can be told apart from the server's:
@@ -41,6 +41,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from experiments.fake_providers import FakeSettings, start_fakes, stop_fakes  # noqa: E402
 from experiments.protocol_load import (  # noqa: E402 - this folder is not a package on sys.path by default
     LagProbe,
     SessionRun,
@@ -63,7 +64,9 @@ GOAL_SESSIONS, GOAL_P99_DELTA_MS, GOAL_MB_PER_SESSION = 100, 50.0, 5.0
 # The server process.
 
 
-def serve_child(graph_file: str, stats_file: str, profile_file: str = "", compression: str = "") -> None:
+def serve_child(
+    graph_file: str, stats_file: str, profile_file: str = "", compression: str = "", max_sessions: str = "0"
+) -> None:
     import cProfile
     import logging
 
@@ -75,7 +78,9 @@ def serve_child(graph_file: str, stats_file: str, profile_file: str = "", compre
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     lag = LagProbe()
     graph = load_graph(Path(graph_file))
-    config = ServerConfig(port=0, drain_timeout_s=2.0, compression=compression == "1")
+    config = ServerConfig(
+        port=0, drain_timeout_s=2.0, compression=compression == "1", max_sessions=int(max_sessions or 0)
+    )
     server = AgentServer({graph.name: graph}, config, AccessPolicy())
 
     async def main() -> None:
@@ -120,6 +125,30 @@ class Level:
     rss_peak_mb: float = 0.0
     runs: list[SessionRun] = field(default_factory=list)
     starts: list[float] = field(default_factory=list)
+    excess: list[tuple[str, float]] = field(default_factory=list)  # extra attempts: outcome, seconds
+
+
+async def excess_attempt(url: str) -> tuple[str, float]:
+    """A connection past the limit: how it ended ("refused 1013", "admitted", ...) and how long it took
+    from the start of the connect to the close frame (or to the metadata, if admitted)."""
+    import websockets
+    from websockets.exceptions import ConnectionClosed
+
+    t0 = now()
+    try:
+        async with websockets.connect(url, open_timeout=10) as ws:
+            try:
+                # The refusal may already be on its way: the send can see the close.
+                await ws.send(json.dumps({"type": "conversation_initiation_client_data"}))
+                while True:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    if msg["type"] == "conversation_initiation_metadata":
+                        return "admitted", now() - t0
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else None
+                return f"refused {code}", now() - t0
+    except Exception as exc:
+        return f"failed {type(exc).__name__}", now() - t0
 
 
 def summarise_level(level: Level, lag: dict[str, list[float]], rss_idle_mb: float) -> dict[str, Any]:
@@ -133,11 +162,36 @@ def summarise_level(level: Level, lag: dict[str, list[float]], rss_idle_mb: floa
     audio_s = sum(r.closed_at - t0 for r, t0 in zip(runs, level.starts, strict=True))  # session-seconds
     lag_ms = [d for t, d in zip(lag["t"], lag["d"], strict=True) if level.start <= t <= level.end]
     lag_cause = lag_attribution(lag, level.start, level.end) if lag.get("c") else {}
+    excess: dict[str, Any] = {}
+    if level.excess:
+        outcomes: dict[str, int] = {}
+        for outcome, _ in level.excess:
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        excess = {
+            "attempts": len(level.excess),
+            "outcomes": outcomes,
+            "refusal_ms": dist([d for o, d in level.excess if o == "refused 1013"], 1000, 1),
+        }
     return {
         "sessions": level.sessions,
+        "excess_connections": excess,
         "wall_s": round(wall, 2),
         "turns": len(turns),
         "response_latency_ms": dist(latencies, 1000, 1),
+        # The two halves: last voiced chunk -> user_transcript (VAD, endpoint silence, STT), and
+        # user_transcript -> first audio (LLM, TTS, protocol out).
+        "transcript_latency_ms": dist(
+            [t.transcript_at - t.burst_end for t in turns if t.transcript_at is not None], 1000, 1
+        ),
+        "reply_after_transcript_ms": dist(
+            [
+                t.first_audio_at - t.transcript_at
+                for t in turns
+                if t.first_audio_at is not None and t.transcript_at is not None
+            ],
+            1000,
+            1,
+        ),
         "server_event_loop_lag_ms": dist(lag_ms, 1000, 2),
         "server_event_loop_lag_cause": lag_cause,
         "server_cores_used": round(level.cpu_s / wall, 3) if wall else None,
@@ -153,16 +207,33 @@ def summarise_level(level: Level, lag: dict[str, list[float]], rss_idle_mb: floa
     }
 
 
+async def hammer_excess(url: str, level: Level, rate: float) -> None:
+    """While every session of the level is running (from just after the last one started, for 3 s;
+    with --turns 2 or more a session outlasts the stagger), open ``rate`` extra connections a
+    second: each must be refused at once with 1013."""
+    await asyncio.sleep(max(0.0, level.starts[-1] + 0.5 - now()))
+    tasks = []
+    for _ in range(int(3 * rate)):
+        tasks.append(asyncio.create_task(excess_attempt(url)))
+        await asyncio.sleep(1 / rate)
+    level.excess = list(await asyncio.gather(*tasks))
+
+
 async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     tmp = Path(tempfile.mkdtemp(prefix="ah_capacity_"))
     stats_file, server_log = tmp / "server.json", tmp / "server.log"
     env = {**os.environ, **dict(kv.split("=", 1) for kv in args.env)}
+    fakes = None
+    if args.fakes:  # the cloud graph's providers, faked in a process of their own
+        fakes, fake_env = await start_fakes(FakeSettings(), tmp / "fakes.json")
+        env.update(fake_env)
     with server_log.open("wb") as log_f:
         server = await asyncio.create_subprocess_exec(
             sys.executable, SELF, "--_serve", str(args.graph), str(stats_file), str(args.profile or ""),
             "1" if args.compression else "0",
+            str(args.admission),
             stdout=asyncio.subprocess.PIPE, stderr=log_f, cwd=ROOT, env=env,
         )  # fmt: skip
     assert server.stdout is not None
@@ -189,8 +260,15 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
             TimeElapsedColumn(),
             console=console,
         ) as progress:
-            for n in args.levels:
-                task = progress.add_task(f"{n} sessions", total=n * args.turns)
+            plan = [(n, False) for n in args.levels]
+            if args.admission:
+                plan.append((args.admission, True))  # the limit, full, with connections beyond it
+            for n, over in plan:
+                # The 1-session baseline runs 3x the turns (the same mix of replies), so that its p99
+                # comes from more than a couple of samples.
+                turns = args.turns * 3 if n == 1 else args.turns
+                label = f"{n} + excess" if over else f"{n} sessions"
+                task = progress.add_task(label, total=n * turns)
                 level = Level(n)
                 level.rss_before_mb = level.rss_peak_mb = proc_rss_mb(server.pid)
 
@@ -205,17 +283,24 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
                 t0 = level.start + 0.05
                 stagger = args.stagger_s / n if n > 1 else 0.0
                 level.starts = [t0 + i * stagger for i in range(n)]
+                hammer = (
+                    asyncio.get_running_loop().create_task(hammer_excess(url, level, args.excess_rate))
+                    if over
+                    else None
+                )
                 level.runs = list(
                     await asyncio.gather(
                         *(
                             run_session(
-                                url, f"user{i:03d}", args.turns, level.starts[i],
+                                url, f"user{i:03d}", turns, level.starts[i],
                                 lambda t=task: progress.advance(t),
                             )
                             for i in range(n)
                         )
                     )
                 )  # fmt: skip
+                if hammer is not None:
+                    await hammer
                 level.end = now()
                 level.cpu_s = proc_cpu_s(server.pid) - cpu0
                 level.client_cpu_s = time.process_time() - ccpu0
@@ -224,6 +309,8 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
                 await asyncio.sleep(args.pause_s)  # the server winds the sessions down between levels
     finally:
         lag_task.cancel()
+        if fakes is not None:
+            await stop_fakes(fakes, tmp / "fakes.json")
         if server.returncode is None:
             server.send_signal(signal.SIGTERM)
             try:
@@ -233,6 +320,8 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
                 await server.wait()
     stats = json.loads(stats_file.read_text()) if stats_file.exists() else {"lag": {"t": [], "d": []}}
     rows = [summarise_level(lv, stats["lag"], rss_idle) for lv in levels]
+    for row, lv in zip(rows, levels, strict=True):
+        row["over_the_limit"] = bool(lv.excess)
     base = rows[0]["response_latency_ms"].get("p99") if rows else None
     for row in rows:
         p99 = row["response_latency_ms"].get("p99")
@@ -252,12 +341,27 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [
         r
         for r in rows
-        if r["errors"] == 0
+        if not r["over_the_limit"]
+        and r["errors"] == 0
         and r["mb_per_session"] < GOAL_MB_PER_SESSION
         and (r["p99_minus_1_session_ms"] is not None and r["p99_minus_1_session_ms"] <= GOAL_P99_DELTA_MS)
     ]
     best = max((r["sessions"] for r in ok), default=0)
-    return {"largest_level_meeting_goals": best, "goal_met": best >= GOAL_SESSIONS}
+    out: dict[str, Any] = {"largest_level_meeting_goals": best, "goal_met": best >= GOAL_SESSIONS}
+    over = [r for r in rows if r["over_the_limit"]]
+    if over:
+        o = over[0]
+        plain = next((r for r in rows if r["sessions"] == o["sessions"] and not r["over_the_limit"]), None)
+        ex = o["excess_connections"]
+        out["admission"] = {
+            "excess_attempts": ex["attempts"],
+            "all_refused_with_1013": ex["outcomes"] == {"refused 1013": ex["attempts"]},
+            "refusal_ms_p99": ex["refusal_ms"].get("p99"),
+            "running_sessions_p99_ms": o["response_latency_ms"].get("p99"),
+            "same_level_without_excess_p99_ms": plain["response_latency_ms"].get("p99") if plain else None,
+            "running_sessions_errors": o["errors"],
+        }
+    return out
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -266,6 +370,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    over = [r for r in rows if r["over_the_limit"]]
+    rows = [r for r in rows if not r["over_the_limit"]]
     n = [r["sessions"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ax = axes[0]
@@ -274,6 +380,9 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     if rows and rows[0]["response_latency_ms"].get("p99") is not None:
         ax.axhline(rows[0]["response_latency_ms"]["p99"] + GOAL_P99_DELTA_MS, ls="--", c="grey",
                    label="goal: 1-session p99 + 50 ms")  # fmt: skip
+    for r in over:
+        ax.plot([r["sessions"]], [r["response_latency_ms"].get("p99")], "r*", ms=12,
+                label=f"p99 at the limit, {r['excess_connections']['attempts']} more refused")  # fmt: skip
     ax.set(xlabel="concurrent sessions", ylabel="response latency (ms)", title="response latency")
     ax.legend()
     ax = axes[1]
@@ -303,7 +412,7 @@ def print_table(console: Any, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         lat = r["response_latency_ms"]
         table.add_row(
-            str(r["sessions"]), str(lat.get("p50")), str(lat.get("p99")), str(r["p99_minus_1_session_ms"]),
+            f'{r["sessions"]}{" + excess" if r["over_the_limit"] else ""}', str(lat.get("p50")), str(lat.get("p99")), str(r["p99_minus_1_session_ms"]),
             str(r["server_event_loop_lag_ms"].get("p99")), str(r["server_cores_used"]),
             str(r["server_cpu_ms_per_session_s"]), str(r["mb_per_session"]), str(r["errors"]),
         )  # fmt: skip
@@ -312,7 +421,7 @@ def print_table(console: Any, rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--_serve":
-        serve_child(*sys.argv[2:6])
+        serve_child(*sys.argv[2:7])
         return
     from rich.console import Console
 
@@ -320,14 +429,23 @@ def main() -> None:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 25, 50, 100, 125]
+        "--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 25, 50, 100, 150]
     )
     parser.add_argument("--turns", type=int, default=2, help="voice turns per session")
     parser.add_argument("--graph", type=Path, default=DEFAULT_GRAPH, help="graph to serve (a voice graph)")
     parser.add_argument(
-        "--stagger-s", type=float, default=2.0, help="sessions of a level start over this long"
+        "--stagger-s",
+        type=float,
+        default=6.0,
+        help="sessions of a level start over this long (default: about one turn cycle, so the sessions "
+        "are at all phases of a turn, as independent users are, not speaking in lockstep)",
     )
     parser.add_argument("--pause-s", type=float, default=2.0, help="pause between levels")
+    parser.add_argument(
+        "--fakes",
+        action="store_true",
+        help="start the fake Groq and ElevenLabs servers and point the server at them (graphs/cloud.yaml)",
+    )
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server process")
     parser.add_argument(
         "--profile", type=Path, help="diagnosis: cProfile the server process into this file (slows it down)"
@@ -335,8 +453,18 @@ def main() -> None:
     parser.add_argument(
         "--compression", action="store_true", help="permessage-deflate on (as `ah run --compression`)"
     )
+    parser.add_argument(
+        "--admission",
+        type=int,
+        default=0,
+        help="serve with --max-sessions N and add a last level: N sessions, the limit reached, while "
+        "--excess-rate more connections a second arrive (each must get 1013 at once)",
+    )
+    parser.add_argument("--excess-rate", type=float, default=10.0, help="extra connections a second")
     parser.add_argument("--name", default="capacity", help="results file stem under experiments/results/")
     args = parser.parse_args()
+    if args.admission and args.turns < 2:
+        parser.error("--admission needs --turns 2 or more (the limit must be reached and held)")
     if args.levels[0] != 1:
         args.levels.insert(0, 1)  # the 1-session level is the baseline every other level is compared with
     console = Console()
@@ -362,6 +490,9 @@ def main() -> None:
             "graph": str(graph.relative_to(ROOT)) if graph.is_relative_to(ROOT) else str(graph),
             "stagger_s": args.stagger_s,
             "compression": args.compression,
+            "fakes": FakeSettings().__dict__ if args.fakes else None,
+            "admission_limit": args.admission,
+            "excess_rate": args.excess_rate,
         },
         "goals": {
             "sessions": GOAL_SESSIONS,

@@ -11,6 +11,8 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import subprocess
 import time
 from collections import Counter
 
@@ -19,6 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from tests.server_helpers import (
+    AH,
     INIT,
     STEP_S,
     VOICE,
@@ -129,3 +132,22 @@ def test_a_killed_worker_loses_only_its_sessions_and_is_restarted() -> None:
         assert err.count("draining: ") == 2, err  # both workers drained
     finally:
         server.close()  # its workers notice the supervisor is gone and drain by themselves
+
+
+def test_workers_usage_errors() -> None:
+    """A bad --workers is a usage error (2); a port that is taken is a run failure (3), said plainly."""
+    bad = subprocess.run(
+        [*AH, "run", str(VOICE), "--workers", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "--workers must be at least 1" in bad.stderr, bad.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        busy = subprocess.run(
+            [*AH, "run", str(VOICE), "--workers", "2", "--port", port],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert busy.returncode == 3 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr, busy.stderr

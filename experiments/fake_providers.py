@@ -1,0 +1,119 @@
+"""The fake Groq and ElevenLabs servers (``tests/fakes``) in a process of their own, for the capacity
+and soak benchmarks: their work must not count as the ``ah`` server's, nor compete with it in its
+event loop.
+
+``start_fakes(...)`` runs this file as a child, which prints one line ``URLS <groq> <elevenlabs>``;
+the caller points ``ah`` at them with ``GROQ_BASE_URL`` / ``ELEVENLABS_BASE_URL`` (what
+``graphs/cloud.yaml`` reads). At SIGTERM the child writes what it injected (faults per kind, requests,
+generations) to a JSON file.
+
+Latencies (median:p95 ms, log-normal) default to published figures for the providers the cloud graph
+names: Groq Whisper large-v3-turbo ~200 ms a request plus audio/216, Groq llama-3.1-8b-instant ~180 ms to
+the first token and ~1.5 ms a token, ElevenLabs Flash v2.5 ~150 ms to first audio, ~100 ms to connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SELF = str(Path(__file__).resolve())
+
+
+@dataclass
+class FakeSettings:
+    groq_ttft: str = "180:350"
+    groq_token_gap: str = "1.5"
+    groq_stt: str = "200:400"
+    tts_connect: str = "100:200"
+    tts_ttfa: str = "150:300"
+    groq_faults: str = ""  # e.g. "500=0.01,disconnect=0.002"
+    tts_faults: str = ""
+
+    def argv(self) -> list[str]:
+        return [self.groq_ttft, self.groq_token_gap, self.groq_stt, self.tts_connect, self.tts_ttfa,
+                self.groq_faults, self.tts_faults]  # fmt: skip
+
+
+def child(stats_file: str, *settings: str) -> None:
+    sys.path.insert(0, str(ROOT))
+    from tests.fakes.elevenlabs_tts import FakeElevenLabsTts, TtsConfig
+    from tests.fakes.groq import FakeGroq, GroqConfig
+    from tests.fakes.latency import FaultPlan, Latency
+
+    s = FakeSettings(*settings)
+    groq = FakeGroq(
+        GroqConfig(
+            ttft=Latency.parse(s.groq_ttft),
+            token_gap=Latency.parse(s.groq_token_gap),
+            stt=Latency.parse(s.groq_stt),
+            transcripts=["What is the weather like?", "Tell me more."],
+            replies=["It is sunny today. Expect clear skies all afternoon.", "Not much more to say, really."],
+            faults=FaultPlan.parse(s.groq_faults, seed=1),
+        )
+    ).start()
+    tts = FakeElevenLabsTts(
+        TtsConfig(
+            connect=Latency.parse(s.tts_connect),
+            ttfa=Latency.parse(s.tts_ttfa),
+            faults=FaultPlan.parse(s.tts_faults, seed=2),
+        )
+    ).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"URLS {groq.base_url} {tts.url}", flush=True)
+    stop.wait()
+    out: dict[str, Any] = {
+        "groq_faults_injected": dict(groq.config.faults.injected),
+        "groq_requests": len(groq.requests),
+        "tts_faults_injected": dict(tts.config.faults.injected),
+        "tts_generations": len(tts.generations),
+        "tts_connections": len(tts.connections),
+    }
+    Path(stats_file).write_text(json.dumps(out))
+    tts.stop()
+    groq.stop()
+
+
+async def start_fakes(
+    settings: FakeSettings, stats_file: Path
+) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
+    """Start the fakes' process; return it and the environment that points ``ah`` at them."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, SELF, str(stats_file), *settings.argv(), stdout=asyncio.subprocess.PIPE, cwd=ROOT
+    )
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().split()
+    if not line or line[0] != "URLS":
+        raise SystemExit("the fake providers did not start")
+    env = {
+        "GROQ_BASE_URL": line[1],
+        "ELEVENLABS_BASE_URL": line[2],
+        "GROQ_API_KEY": "fake-groq-key",
+        "ELEVENLABS_API_KEY": "fake-elevenlabs-key",
+    }
+    return proc, env
+
+
+async def stop_fakes(proc: asyncio.subprocess.Process, stats_file: Path) -> dict[str, Any]:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 20)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    text = await asyncio.to_thread(lambda: stats_file.read_text() if stats_file.exists() else "{}")
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+if __name__ == "__main__":
+    child(sys.argv[1], *sys.argv[2:])
