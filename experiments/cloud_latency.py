@@ -15,7 +15,8 @@ which run in this process on their own threads and loop):
   stt_request   the (last) transcription request reaches the fake Groq
   stt_done      its answer is sent
   llm_request   the chat request reaches the fake Groq (before ``turn_committed`` when preemptive)
-  turn_committed  the client receives ``user_transcript`` (the turn policy has just committed)
+  turn_committed  the client receives the final ``user_transcript``; the turn policy commits once
+                  both it and the end-of-turn silence are in, so at this moment or just after
   llm_first_token the fake sends the first token
   tts_request   the first sentence reaches the fake ElevenLabs (``flush``)
   tts_first_audio the fake sends its first audio

@@ -14,14 +14,16 @@ import subprocess
 import sys
 import time
 import wave
+from pathlib import Path
 
 import groq
 import openai
 import pytest
+import yaml
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.cloud_helpers import REPLY, conversation, fakes, run, silence, speech
+from tests.cloud_helpers import GRAPH, REPLY, conversation, fakes, run, silence, speech
 from tests.fakes.elevenlabs_tts import FakeElevenLabsTts, TtsConfig
 from tests.fakes.groq import FakeGroq, GroqConfig
 from tests.fakes.latency import FaultPlan, Latency
@@ -305,3 +307,37 @@ def test_doctor_says_what_is_wrong_one_line_each() -> None:
         )
         rc, text = doctor({**good, "GROQ_BASE_URL": "http://127.0.0.1:9", "ELEVENLABS_API_KEY": "xi_wrong"})
         assert rc == 1 and "cannot reach http://127.0.0.1:9" in text and "Invalid API key" in text, text
+
+
+def test_llm_openai_compatible_in_a_graph(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Any OpenAI-style server by base_url (the fake's /openai/v1 here, as an Ollama would be), no key
+    needed unless asked for; when asked for and missing, the session fails at start naming the node."""
+
+    def variant(required: bool, base_url: str) -> Path:
+        data = yaml.safe_load(GRAPH.read_text())
+        data["graph"] = "cloud_openai"
+        data["nodes"]["llm"] = {
+            "type": "llm.openai_compatible",
+            "params": {"base_url": base_url, "model": "llama-3.1-8b-instant", "api_key_required": required},
+        }
+        path = tmp_path / f"openai_{required}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    async def main() -> None:
+        with fakes(monkeypatch) as f:
+            monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+            async with conversation(variant(False, f.groq.openai_base_url), "cloud_openai") as c:
+                await c.say_text("hi")
+                msg = await c.wait("agent_response")
+                assert msg["agent_response_event"]["agent_response"] == REPLY
+            (chat,) = f.groq.of("/chat/completions")
+            assert chat.status == 200
+            async with conversation(variant(True, f.groq.openai_base_url), "cloud_openai") as c:
+                err = await c.wait("error")
+                assert (
+                    "'llm'" in err["error_event"]["message"]
+                    and "OPENAI_API_KEY" in err["error_event"]["message"]
+                )
+
+    run(main())
