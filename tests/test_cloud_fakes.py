@@ -9,6 +9,7 @@ import asyncio
 import base64
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -341,3 +342,23 @@ def test_llm_openai_compatible_in_a_graph(monkeypatch: pytest.MonkeyPatch, tmp_p
                 )
 
     run(main())
+
+
+def test_asr_confidence_is_the_token_weighted_mean_log_probability_and_no_speech_is_dropped() -> None:
+    from ah.nodes.stt_groq import recognition_of
+
+    with FakeGroq(GroqConfig(transcripts=["Book a table."], avg_logprob=-0.25)) as fake:
+        client = groq.Groq(api_key="gsk_x", base_url=fake.base_url, max_retries=0)
+        tr = client.audio.transcriptions.create(
+            file=("audio.wav", wav(1.0)), model="whisper-large-v3-turbo", response_format="verbose_json"
+        )
+    rec = recognition_of(tr, no_speech_threshold=0.6)
+    assert rec.text == "Book a table." and rec.confidence == pytest.approx(math.exp(-0.25))
+    segments = [
+        {"text": " Yes.", "avg_logprob": -0.1, "no_speech_prob": 0.01, "tokens": [1, 2]},
+        {"text": " Thank you.", "avg_logprob": -1.5, "no_speech_prob": 0.9, "tokens": [3, 4, 5]},  # silence
+        {"text": " Go on.", "avg_logprob": -0.4, "no_speech_prob": 0.2, "tokens": [6, 7, 8, 9]},
+    ]
+    rec = recognition_of(type("T", (), {"segments": segments, "text": ""})(), no_speech_threshold=0.6)
+    assert rec.text == "Yes. Go on."
+    assert rec.confidence == pytest.approx(math.exp((-0.1 * 2 - 0.4 * 4) / 6))

@@ -140,7 +140,7 @@ def test_tts_faults_before_any_audio_are_retried_on_a_new_socket(
             f.tts.config.faults.force(fault)
             async with conversation() as c:
                 assert await typed_turn(c, 1) == REPLY
-                await c.wait("audio", within=10)  # after the first socket's deadline (1.5 s)
+                await c.wait("audio", within=10)  # after the first socket's deadline (2 s)
                 await c.settle()
                 assert not c.errors(), c.errors()
                 chars = "".join("".join(a["audio_event"]["alignment"]["chars"]) for a in c.of_type("audio"))
@@ -254,5 +254,23 @@ def test_barge_in_closes_the_context_and_the_correction_says_what_was_heard(
             assert closes, "the interrupted reply's context was closed"
             stopped = [g for g in f.tts.generations if g.stopped]
             assert stopped, "the fake stopped making audio for it"
+
+    run(main())
+
+
+def test_tts_refused_connections_are_an_error_event_and_a_later_reply_connects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def main() -> None:
+        with fakes(monkeypatch) as f:
+            # The warm-up, the reply's connection and its one retry are all refused (HTTP 503).
+            f.tts.config.connect_faults.force("reject", "reject", "reject")
+            async with conversation() as c:
+                await asyncio.sleep(0.3)
+                assert await typed_turn(c, 1) == REPLY
+                err = (await c.wait("error"))["error_event"]
+                assert err["error_type"] == "tts_error" and "HTTP 503" in err["message"], err
+                assert not c.of_type("audio")
+                await next_turn_is_normal(c, 2)
 
     run(main())
