@@ -28,7 +28,7 @@ from tests.cloud_helpers import GRAPH, REPLY, conversation, fakes, run, silence,
 from tests.fakes.elevenlabs_tts import FakeElevenLabsTts, TtsConfig
 from tests.fakes.groq import FakeGroq, GroqConfig
 from tests.fakes.latency import FaultPlan, Latency
-from tests.server_helpers import ROOT
+from tests.server_helpers import ROOT, serving, voice_graphs, ws_url
 
 
 def wav(seconds: float) -> bytes:
@@ -362,3 +362,50 @@ def test_asr_confidence_is_the_token_weighted_mean_log_probability_and_no_speech
     rec = recognition_of(type("T", (), {"segments": segments, "text": ""})(), no_speech_threshold=0.6)
     assert rec.text == "Yes. Go on."
     assert rec.confidence == pytest.approx(math.exp((-0.1 * 2 - 0.4 * 4) / 6))
+
+
+def test_llm_prompt_has_the_filled_system_prompt_and_the_history(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    data = yaml.safe_load(GRAPH.read_text())
+    data["graph"] = "cloud_prompt"
+    data["nodes"]["client"]["params"] = {"overrides": {"agent.first_message": "llm.first_message"}}
+    data["nodes"]["llm"]["params"].update(
+        system_prompt="You help {{user_name}}.", first_message="Hi {{user_name}}!"
+    )
+    path = tmp_path / "prompt.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    seen: list[list[dict[str, object]]] = []
+
+    def reply(messages: list[dict[str, object]]) -> str:
+        seen.append(messages)
+        return REPLY
+
+    async def main() -> None:
+        with fakes(monkeypatch, GroqConfig(reply_fn=reply)):
+            async with serving(voice_graphs(path)) as server:
+                async with connect(ws_url(server.port, "cloud_prompt")) as ws:
+                    init = {"type": "conversation_initiation_client_data", "dynamic_variables": {"user_name": "Ana"}}
+                    await ws.send(json.dumps(init))
+                    got: list[dict[str, object]] = []
+
+                    async def until(kind: str, n: int) -> None:
+                        while sum(m.get("type") == kind for m in got) < n:
+                            got.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+
+                    await until("agent_response", 1)  # the first message, said without a provider call
+                    for n, text in enumerate(["Hello", "And tomorrow?"], start=2):
+                        await ws.send(json.dumps({"type": "user_message", "text": text}))
+                        await until("agent_response", n)
+        first = next(m for m in got if m.get("type") == "agent_response")
+        assert first["agent_response_event"]["agent_response"] == "Hi Ana!"  # type: ignore[index]
+        assert len(seen) == 2
+        assert seen[1] == [
+            {"role": "system", "content": "You help Ana."},
+            {"role": "assistant", "content": "Hi Ana!"},
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": REPLY},
+            {"role": "user", "content": "And tomorrow?"},
+        ]
+
+    run(main())
