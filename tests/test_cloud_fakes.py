@@ -385,7 +385,10 @@ def test_llm_prompt_has_the_filled_system_prompt_and_the_history(
         with fakes(monkeypatch, GroqConfig(reply_fn=reply)):
             async with serving(voice_graphs(path)) as server:
                 async with connect(ws_url(server.port, "cloud_prompt")) as ws:
-                    init = {"type": "conversation_initiation_client_data", "dynamic_variables": {"user_name": "Ana"}}
+                    init = {
+                        "type": "conversation_initiation_client_data",
+                        "dynamic_variables": {"user_name": "Ana"},
+                    }
                     await ws.send(json.dumps(init))
                     got: list[dict[str, object]] = []
 
