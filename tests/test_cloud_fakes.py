@@ -412,3 +412,41 @@ def test_llm_prompt_has_the_filled_system_prompt_and_the_history(
         ]
 
     run(main())
+
+
+def test_tts_stream_input_uses_a_socket_per_reply_opened_ahead(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    data = yaml.safe_load(GRAPH.read_text())
+    data["graph"] = "cloud_single"
+    data["nodes"]["tts"]["params"]["endpoint"] = "stream-input"
+    path = tmp_path / "single.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    async def main() -> None:
+        with fakes(monkeypatch) as f:
+            async with conversation(path, "cloud_single") as c:
+                for n in (1, 2):
+                    await c.say_text("hi")
+                    await c.wait("agent_response", n)
+                    await c.settle()
+                assert not c.errors()
+                for n in (1, 2):
+                    eid = c.of_type("agent_response")[n - 1]["agent_response_event"]["event_id"]
+                    chars = "".join(
+                        "".join(a["audio_event"]["alignment"]["chars"])
+                        for a in c.of_type("audio")
+                        if a["audio_event"]["event_id"] == eid
+                    )
+                    assert chars.split() == REPLY.split()
+            conns = f.tts.connections
+            assert all(conn.path.endswith("/stream-input") for conn in conns)
+            spoken = [conn for conn in conns if any(str(m.get("text", "")).strip() for m in conn.messages)]
+            assert len(spoken) == 2, "one socket per reply"
+            # Each reply's socket was open (and initialised) before its reply had text to send.
+            for conn in spoken:
+                assert conn.messages[0]["text"] == " " and "voice_settings" in conn.messages[0]
+                assert "context_id" not in conn.messages[1]
+            assert spoken[1].t_open < f.groq.of("/chat/completions")[1].t_start
+
+    run(main())
