@@ -351,7 +351,9 @@ class WhisperSttLocal(Node[WhisperSttParams]):
                 self._speaking = False
                 self._utt_end = ev.t
                 self._utt_upto = self._vad_t
-                self._deadline = self._vad_t + gap
+                # Counted from the end of speech, as the turn policy counts its silence: counted from the
+                # VAD's confirmation (its hysteresis later), every final transcript came that much late.
+                self._deadline = ev.t + gap
                 if self.params.speculative:
                     self._job = self._start(self._utt_start or 0.0, ev.t, self._vad_t)
             if self._deadline is not None and self._vad_t >= self._deadline - 1e-9:
