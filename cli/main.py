@@ -30,11 +30,12 @@ T = TypeVar("T")
 EXIT_INVALID = 1
 EXIT_USAGE = 2
 EXIT_RUN_FAILED = 3
+EXIT_AB_CONDITION = 4  # `ah ab --fail-if`: a condition held
 
 app = typer.Typer(
     name="ah",
     help="Automagik Hello: real-time voice-agent graphs.\n\nExit codes: 0 ok, 1 invalid graph or input, "
-    "2 usage error, 3 run failed (a node crashed).",
+    "2 usage error, 3 run failed (a node crashed), 4 an `ah ab --fail-if` condition held.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -296,8 +297,34 @@ def run(
         ),
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every node's messages.")] = False,
+    telemetry_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--telemetry",
+            help="Telemetry settings (YAML): trace exporters (otlp, console, jsonl), PII, metrics files, "
+            "Prometheus. See telemetry/config.py.",
+        ),
+    ] = None,
+    trace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trace",
+            help="Send a trace per turn to this exporter: otlp (OTEL_EXPORTER_OTLP_* settings apply), "
+            "console, or jsonl (--trace-file). Repeatable; adds to --telemetry.",
+        ),
+    ] = None,
+    trace_file: Annotated[
+        Path | None, typer.Option(help="File the jsonl trace exporter appends to (default traces.jsonl).")
+    ] = None,
+    metrics_dir: Annotated[
+        Path | None,
+        typer.Option(help="Write each session's per-turn metrics to DIR/<conversation id>.jsonl."),
+    ] = None,
 ) -> None:
-    """Serve graphs over the ElevenLabs Agents WebSocket protocol (or run one session with --once)."""
+    """Serve graphs over the ElevenLabs Agents WebSocket protocol (or run one session with --once).
+
+    Prometheus metrics are served at /metrics; traces and per-turn metrics files are opt-in.
+    """
     who = f"worker {worker_id} " if worker_id else ""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format=f"%(asctime)s {who}%(name)s %(message)s"
@@ -326,8 +353,9 @@ def run(
         listen_fd=listen_fd,
         compression=compression,
     )
+    telemetry = _telemetry_or_exit(telemetry_file, trace or [], trace_file, metrics_dir)
     try:
-        server = AgentServer(graphs, config, policy)
+        server = AgentServer(graphs, config, policy, telemetry=telemetry)
     except ValueError as exc:  # e.g. a graph's `access: {mode: signed}` and no --api-key
         err.print(str(exc), markup=False)
         raise typer.Exit(EXIT_USAGE) from None
@@ -408,6 +436,37 @@ def _supervise(server: Any, worker_args: list[str], count: int, env: dict[str, s
     code = _run_loop(_main())
     if code:
         raise typer.Exit(code)
+
+
+def _telemetry_or_exit(
+    file: Path | None, trace: list[str], trace_file: Path | None, metrics_dir: Path | None
+) -> Any:
+    from ah.telemetry.config import TelemetryConfig
+    from ah.telemetry.hub import Telemetry
+
+    try:
+        config = TelemetryConfig.load(file) if file is not None else TelemetryConfig()
+    except ValueError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    known = ("otlp", "console", "jsonl")
+    for name in trace:
+        if name not in known:
+            hint = closest(name, list(known))
+            err.print(
+                f"--trace {name!r}: expected one of {', '.join(known)}"
+                + (f"; did you mean {hint!r}?" if hint else ""),
+                markup=False,
+            )
+            raise typer.Exit(EXIT_USAGE)
+    traces = config.traces.model_copy(
+        update={
+            "exporters": list(dict.fromkeys([*config.traces.exporters, *trace])),
+            **({"jsonl_path": trace_file} if trace_file is not None else {}),
+        }
+    )
+    metrics = config.metrics.model_copy(update={"jsonl_dir": metrics_dir}) if metrics_dir else config.metrics
+    return Telemetry(config.model_copy(update={"traces": traces, "metrics": metrics}))
 
 
 def _run_once(graph: Graph) -> None:
@@ -498,6 +557,260 @@ def models_pull(
             )
     if failed:
         raise typer.Exit(EXIT_RUN_FAILED)
+
+
+@app.command()
+def simulate(
+    graph: Annotated[Path, typer.Argument(help="Graph file to talk to.")],
+    scripts: Annotated[list[Path], typer.Argument(help="Conversation scripts (YAML), or folders of them.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the timelines (JSON), pictures and summary.")
+    ] = Path("simulation"),
+    virtual: Annotated[
+        bool,
+        typer.Option(
+            "--virtual",
+            help="Run on a virtual clock (exact, fast; for graphs of scripted nodes) instead of real time "
+            "over the real server.",
+        ),
+    ] = False,
+    picture: Annotated[bool, typer.Option(help="Draw each conversation's timeline (PNG).")] = True,
+) -> None:
+    """Play scripted conversations through a graph; write timelines, per-turn metrics and pictures.
+
+    In real time (the default) the graph is served by the real server in this process and each script
+    is played over the ElevenLabs WebSocket protocol as a client would. Writes OUT/<scenario>.json
+    (timeline and per-turn metrics), OUT/<scenario>.png and OUT/summary.json.
+    """
+    import json as _json
+
+    from ah.sim import ScriptError, load_scenario, simulate_many, summary
+    from ah.sim.plot import draw_timeline
+
+    g = _load_or_exit(graph)
+    files: list[Path] = []
+    for s in scripts:
+        files.extend(sorted(s.glob("*.yaml")) if s.is_dir() else [s])
+    try:
+        scenarios = [load_scenario(f) for f in files]
+    except ScriptError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(EXIT_INVALID) from None
+    if not scenarios:
+        err.print("[red]error:[/] no scripts given (YAML files or folders of them)")
+        raise typer.Exit(EXIT_USAGE)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = Table(
+        "scenario#step", "role", "latency ms", "premature", "barge-in ms", "paused", "resume ms", "cut off"
+    )
+    done = 0
+
+    def report(r: Any) -> None:
+        nonlocal done
+        done += 1
+        data = r.to_json()
+        (out_dir / f"{r.scenario.scenario}.json").write_text(_json.dumps(data, indent=1))
+        if picture:
+            draw_timeline(
+                data["timeline"], out_dir / f"{r.scenario.scenario}.png", f"{r.scenario.scenario} on {g.name}"
+            )
+        err.print(
+            f"[{done}/{len(scenarios)}] {r.scenario.scenario}"
+            + ("" if r.ok else f" [red]failed:[/] {escape(r.error)}")
+        )
+        for t in r.turns:
+            table.add_row(
+                t.key,
+                t.role,
+                *(
+                    ("" if v is None else str(v))
+                    for v in (
+                        t.response_latency_ms,
+                        t.premature,
+                        t.barge_in_reaction_ms,
+                        t.paused,
+                        t.resume_ms,
+                        t.false_cut_off,
+                    )
+                ),
+            )
+
+    try:
+        results = _run_loop(simulate_many(g, scenarios, realtime=not virtual, on_result=report))
+    except Exception as exc:  # a model missing, a port in use: say what and stop
+        err.print(f"[red]error:[/] simulation failed: {escape(f'{type(exc).__name__}: {exc}')}")
+        raise typer.Exit(EXIT_RUN_FAILED) from None
+    turns = [t for r in results for t in r.turns]
+
+    def vals(attr: str) -> list[float]:
+        return [float(v) for t in turns if (v := getattr(t, attr)) is not None]
+
+    agg = {
+        "graph": g.name,
+        "mode": "virtual" if virtual else "realtime",
+        "scenarios": len(results),
+        "failed": [r.scenario.scenario for r in results if not r.ok],
+        "response_latency_ms": summary(vals("response_latency_ms")),
+        "barge_in_reaction_ms": summary(vals("barge_in_reaction_ms")),
+        "interruption_client_ms": summary(vals("interruption_client_ms")),
+        "cancel_tail_server_ms": summary(vals("cancel_tail_server_ms")),
+        "resume_ms": summary(vals("resume_ms")),
+        "false_cut_offs": sum(1 for t in turns if t.false_cut_off),
+        "noise_and_backchannel_turns": sum(1 for t in turns if t.role in ("noise", "backchannel")),
+        "premature_ends": sum(1 for t in turns if t.premature),
+    }
+    (out_dir / "summary.json").write_text(_json.dumps(agg, indent=1))
+    out.print(table)
+    out.print(
+        f"wrote {len(results)} timelines to {out_dir}/ (summary.json{', PNG pictures' if picture else ''})"
+    )
+    if agg["failed"]:
+        raise typer.Exit(EXIT_RUN_FAILED)
+
+
+@app.command()
+def doctor(
+    files: Annotated[list[Path], typer.Argument(help="Graph files (or directories of them) to check.")],
+) -> None:
+    """Check what graphs need from outside: API keys set, endpoints reachable, keys and models accepted.
+
+    One line per check, prefixed ✓ or ✗ and the node; exit 1 when anything is wrong. Nothing is
+    generated and no session runs (an ElevenLabs check opens a socket and closes it unused).
+    """
+    graphs: list[Graph] = []
+    for target in files:
+        graphs.extend(_graphs_to_serve(target).values())
+
+    async def check_all() -> int:
+        bad = 0
+        for graph in graphs:
+            out.print(f"[bold]{escape(graph.name)}[/bold] ({escape(str(graph.source))})")
+            lines = 0
+            for node in graph.nodes.values():
+                for check in await node.cls.doctor(node.params):
+                    lines += 1
+                    bad += not check.ok
+                    mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
+                    out.print(
+                        f"  {mark} {escape(node.id)} ({escape(node.type_name)}): {escape(check.message)}"
+                    )
+            if not lines:
+                out.print("  ✓ no node needs a key or an endpoint")
+        return bad
+
+    bad = asyncio.run(check_all())
+    if bad:
+        err.print(f"[red]{bad} problem{'s' if bad != 1 else ''}[/red]")
+        raise typer.Exit(EXIT_INVALID)
+
+
+@app.command()
+def ab(
+    a_file: Annotated[Path, typer.Argument(metavar="A.yaml", help="Graph variant A (the baseline).")],
+    b_file: Annotated[Path, typer.Argument(metavar="B.yaml", help="Graph variant B (the candidate).")],
+    corpus: Annotated[
+        list[Path],
+        typer.Option("--corpus", help="Conversation scripts (YAML), or folders of them (repeatable)."),
+    ],
+    repeats: Annotated[int, typer.Option(min=1, help="Times each conversation is played per variant.")] = 1,
+    fail_if: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail-if",
+            help='Exit 4 when this holds, e.g. "B.ttfb_p99 > A.ttfb_p99 * 1.1" or "diff.ttfb_mean_low > 0" '
+            "(repeatable; names: A./B. + figure_stat, diff. + figure_mean/_p95[_low|_high]).",
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for report.md, report.html, the plots and ab.json.")
+    ] = Path("ab-report"),
+    virtual: Annotated[
+        bool,
+        typer.Option(
+            "--virtual",
+            help="Play on a virtual clock (exact, fast; graphs of scripted nodes) instead of real time over "
+            "the real protocol.",
+        ),
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
+) -> None:
+    """Compare two graph variants on the same scripted conversations, turn by turn.
+
+    Every conversation of the corpus is played through A and B (over the ElevenLabs protocol to a real
+    server, in real time, unless --virtual); turns are paired by scenario and step; each figure of
+    ARCHITECTURE.md §5 gets B − A with a paired bootstrap 95 % interval. Writes OUT/report.md,
+    OUT/report.html (with plots), OUT/*.png and OUT/ab.json.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ah.ab.condition import Condition, ConditionError
+    from ah.ab.report import Report, rows, write
+    from ah.ab.run import play_ab
+    from ah.ab.stats import compare
+    from ah.sim import ScriptError, load_scenario
+
+    try:
+        conditions = [Condition(c) for c in fail_if or []]
+    except ConditionError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    ga, gb = _load_or_exit(a_file), _load_or_exit(b_file)
+    files: list[Path] = []
+    for c in corpus:
+        if not c.exists():
+            err.print(f"--corpus {c}: no such file or folder", markup=False)
+            raise typer.Exit(EXIT_INVALID)
+        files.extend(sorted(c.glob("*.yaml")) if c.is_dir() else [c])
+    try:
+        scenarios = [load_scenario(f) for f in files]
+    except ScriptError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    if not scenarios:
+        err.print(f"no conversation scripts (*.yaml) in {', '.join(map(str, corpus))}", markup=False)
+        raise typer.Exit(EXIT_INVALID)
+    a_name = ga.name if ga.name != gb.name else a_file.stem
+    b_name = gb.name if ga.name != gb.name else b_file.stem
+    total = 2 * len(scenarios) * repeats
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    ) as bar:
+        task = bar.add_task("playing", total=total)
+
+        def played(side: str, result: Any) -> None:
+            mark = "" if result.ok else " [red]failed[/red]"
+            bar.update(task, advance=1, description=f"{side} {escape(result.scenario.scenario):<22}{mark}")
+
+        a, b = _run_loop(
+            play_ab(
+                ga, gb, scenarios, repeats=repeats, virtual=virtual, server_metrics=out_dir / "server_metrics",
+                on_result=played,
+            )
+        )  # fmt: skip
+    comparisons = compare(a.samples, b.samples, seed=seed)
+    report = Report(
+        a_name, b_name, str(a_file), str(b_file), ", ".join(map(str, corpus)), repeats,
+        "virtual clock" if virtual else "real time, real server, ElevenLabs protocol", len(scenarios),
+        comparisons, a.samples, b.samples,
+        failures=[f"A: {f}" for f in a.failures] + [f"B: {f}" for f in b.failures],
+    )  # fmt: skip
+    for cond in conditions:
+        holds, why = cond.evaluate(comparisons)
+        report.conditions.append((cond.text, holds, why))
+    paths = write(report, out_dir)
+    table = Table("figure", "A", "B", "B−A mean [95% CI]", "pairs", "verdict", box=None, padding=(0, 2))
+    for row in rows(report):
+        table.add_row(*(escape(x) for x in (row[0], row[2], row[3], row[4], row[6], row[7])))
+    out.print(table)
+    for _, holds, why in report.conditions:
+        out.print(("[red]FAILED[/red] " if holds else "[green]ok[/green] ") + escape(why))
+    out.print(f"report: {paths['html']}  {paths['markdown']}  {paths['json']}")
+    if any(h for _, h, _ in report.conditions):
+        raise typer.Exit(EXIT_AB_CONDITION)
 
 
 def main() -> None:

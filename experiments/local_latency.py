@@ -61,7 +61,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import platform
 import re
@@ -130,7 +129,7 @@ def _thread_cpu() -> dict[str, float]:
     return out
 
 
-def _instrument(rec: Rec) -> None:  # noqa: C901, PLR0915 - one wrapper per measured point
+def _instrument(rec: Rec) -> None:
     import ah.nodes.tts_piper as tts_piper
     from ah.nodes.elevenlabs.state import ProtocolState
     from ah.nodes.llm_local import LocalLlm
@@ -384,7 +383,7 @@ def _experiments(specs: list[str]) -> None:
 
             feed_orig = vs._Decider.feed
 
-            def feed(self: Any, prob: float) -> Any:
+            def feed(self: Any, prob: float, feed_orig: Any = feed_orig) -> Any:
                 frame = feed_orig(self, prob)
                 if frame is not None and frame.kind == "end":
                     frame.confirmed_at = self.windows * vs.WINDOW / vs.SR
@@ -935,7 +934,10 @@ def summarise(
             span = near[-1]["t"] - near[0]["t"]
             busy = (near[-1]["machine_busy_s"] - near[0]["machine_busy_s"]) / span
             own = (
-                near[-1]["server_cpu_s"] - near[0]["server_cpu_s"] + near[-1]["client_cpu_s"] - near[0]["client_cpu_s"]
+                near[-1]["server_cpu_s"]
+                - near[0]["server_cpu_s"]
+                + near[-1]["client_cpu_s"]
+                - near[0]["client_cpu_s"]
             ) / span
             t.server["other_processes_cores"] = round(max(0.0, busy - own), 2)
     quiet = [t for t in ok if t.server.get("other_processes_cores", 9.0) < QUIET_CORES]
@@ -1249,7 +1251,7 @@ def start_server(
     return proc, port, stats_file, log_file, now() - t0
 
 
-def main() -> None:  # noqa: PLR0915
+def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--_serve":
         serve_child(sys.argv[2], sys.argv[3:])
         return
@@ -1268,7 +1270,11 @@ def main() -> None:  # noqa: PLR0915
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument(
-        "--server-env", action="append", default=[], metavar="K=V", help="environment for the server (repeatable)"
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="environment for the server (repeatable)",
     )
     parser.add_argument(
         "--experiment",

@@ -20,9 +20,9 @@ token (``first_token_timeout_s``, SDK retries included), between chunks (``stall
 the whole reply (``reply_timeout_s``). A barge-in closes the stream (the provider sees the
 disconnect and stops generating).
 
-**Preemptive generation** (``preemptive: true``). A tentative transcript on ``preview`` (the STT's
-result for a tentative end of speech, before the turn policy has confirmed the end of the turn) starts
-the request at once, buffered, unheard. When the turn comes and its text and the history are what the
+**Preemptive generation** (``preemptive: true``). A transcript on ``preview`` (the STT's result for a
+tentative end of speech, or its final one, both before the turn policy has confirmed the end of the
+turn) starts the request at once, buffered, unheard. When the turn comes and its text and the history are what the
 request was made from, the reply takes over that stream, and the provider's time to first token has
 already run while the endpointing silence was being timed. Otherwise the early request is cancelled
 and a new one starts, so a wrong guess costs tokens, never a wrong answer.
@@ -159,6 +159,7 @@ class _ChatLlm(Node[ChatLlmParams]):
         self._vars: dict[str, object] = {}
         self._system: str | None = None
         self._spec: _Job | None = None
+        self._last_turn = ""
         self._client: Any = None
 
     # -- the provider -----------------------------------------------------------------------------------------
@@ -210,7 +211,9 @@ class _ChatLlm(Node[ChatLlmParams]):
     async def _preview_loop(self) -> None:
         async for tr in self.preview:
             text = tr.text.strip()
-            if tr.final or not text or not self.params.preemptive:
+            # A final transcript counts too: it comes a moment before the turn policy commits the turn.
+            # One that repeats the turn just answered came after its turn (the edges race): skipped.
+            if not text or not self.params.preemptive or text == self._last_turn:
                 continue
             spec = self._spec
             if spec is not None and spec.text == text and spec.history_len == len(self.history):
@@ -260,6 +263,7 @@ class _ChatLlm(Node[ChatLlmParams]):
             if self._system is None:
                 self._system = await self._fill(self.params.system_prompt)
             text = turn.text.strip()
+            self._last_turn = text
             spec, self._spec = self._spec, None
             t_turn = time.perf_counter()
             if spec is not None and spec.text == text and spec.history_len == len(self.history):

@@ -8,7 +8,8 @@ speech (``no_speech_prob`` high and ``avg_logprob`` low) are dropped, the usual 
 hallucinations on short VAD segments.
 
 Utterances: from a VAD ``start`` to the VAD ``end`` not followed by another ``start`` within
-``endpoint_silence_ms`` of audio time; a shorter pause is merged, so Whisper hears the sentence whole.
+``endpoint_silence_ms`` of audio time, counted from the end of speech (as the turn policy counts);
+a shorter pause is merged, so Whisper hears the sentence whole.
 The audio goes up as 16 kHz mono PCM16 WAV (the API takes no raw PCM).
 
 **Speculation** (``speculative: true``). Every VAD ``end`` is a tentative end of speech: the request
@@ -239,7 +240,10 @@ class GroqStt(Node[GroqSttParams]):
                 self._speaking = False
                 self._utt_end = ev.t
                 self._utt_upto = self._vad_t
-                self._deadline = self._vad_t + gap
+                # Counted from the end of speech, as the turn policy counts its silence: counted from
+                # the VAD's confirmation (``_vad_t``), the final transcript would come the VAD's
+                # hysteresis later than the turn policy's endpoint, and every turn would wait for it.
+                self._deadline = ev.t + gap
                 if self.params.speculative:
                     self._job = self._start(self._utt_start or 0.0, ev.t, self._vad_t, speculative=True)
             if self._deadline is not None and self._vad_t >= self._deadline - 1e-9:

@@ -2,7 +2,8 @@
 
 Named for what it is: it does not listen. It lets protocol and turn-taking tests run without a
 model, with exact transcripts. Each VAD segment (start → end) yields the next line of ``lines``
-(cycling), or ``[N.N s of speech]`` when there are none.
+(cycling), or ``[N.N s of speech]`` when there are none; an empty line sends nothing (noise, as a
+real recogniser drops it). ``latency_ms`` delays each transcript, for scripted provider latencies.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ class ScriptedSttParams(Params):
         default_factory=list, description="Transcript of each successive speech segment."
     )
     language: str = Field("en", description="Accepted for override tests; not used.")
+    latency_ms: int = Field(
+        0,
+        ge=0,
+        le=10000,
+        description="Simulated recognition time: each transcript comes this long after its segment ends.",
+    )
 
 
 class ScriptedStt(Node[ScriptedSttParams]):
@@ -39,7 +46,9 @@ class ScriptedStt(Node[ScriptedSttParams]):
             async for _ in self.audio:
                 pass
 
-        drainer = asyncio.get_running_loop().create_task(_drain())
+        loop = asyncio.get_running_loop()
+        later: list[asyncio.Task[None]] = []
+        drainer = loop.create_task(_drain())
         try:
             async for ev in self.vad:
                 if ev.kind == "start":
@@ -47,6 +56,21 @@ class ScriptedStt(Node[ScriptedSttParams]):
                 elif ev.kind == "end":
                     text = lines[n % len(lines)] if lines else f"[{ev.t - start:.1f} s of speech]"
                     n += 1
-                    await self.transcripts.send(TranscriptFrame(text, True, 1.0, start, ev.t))
+                    if lines and not text:
+                        continue  # an empty line is a segment with no words: like Whisper, say nothing
+                    frame = TranscriptFrame(text, True, 1.0, start, ev.t)
+                    if self.params.latency_ms:
+                        # Later segments keep their order: every one waits the same time.
+                        later.append(loop.create_task(self._send_later(frame)))
+                    else:
+                        await self.transcripts.send(frame)
+            for task in later:
+                await task
         finally:
             drainer.cancel()
+            for task in later:
+                task.cancel()
+
+    async def _send_later(self, frame: TranscriptFrame) -> None:
+        await self.ctx.clock.sleep(self.params.latency_ms / 1000)
+        await self.transcripts.send(frame)

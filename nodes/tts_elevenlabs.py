@@ -5,7 +5,10 @@ One WebSocket per session, opened when the session starts (``warm: true``) and k
 reply starts without a connection set-up (TCP, TLS and the upgrade: several network round trips). The
 next reply's context is initialised ahead of time, and a keepalive on it every ``keepalive_s`` keeps
 the socket from the service's inactivity timeout. With ``warm: false`` each reply opens its own
-socket and closes it after (the benchmark's baseline).
+socket and closes it after (the benchmark's baseline). ``endpoint: stream-input`` uses the
+single-context endpoint instead: a socket per reply, the next one opened and initialised as soon as a
+reply takes the current one (so with ``warm`` a reply still finds its socket open), closed to end the
+reply or to stop it on a barge-in; its keepalive is a single space.
 
 * **Text**: the reply's deltas are cut into sentences (and long sentences' clauses) by
   :class:`~ah.nodes.tts_stream.TextSplitter`; each goes out with ``flush: true`` as soon as it is
@@ -36,7 +39,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 from pydantic import Field
@@ -82,6 +85,11 @@ class ElevenLabsTtsParams(Params):
         ge=0,
         le=10_000,
         description="Send a long sentence's first clauses early once this long (0: never).",
+    )
+    endpoint: Literal["multi-stream-input", "stream-input"] = Field(
+        "multi-stream-input",
+        description="multi-stream-input: one socket, a context per reply. stream-input: a socket per reply "
+        "(with warm, the next one is opened while the current reply speaks).",
     )
     warm: bool = Field(
         True, description="Open the socket at session start and keep it (one context per reply)."
@@ -156,6 +164,7 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
         self._ids = itertools.count(1)
         self._sock: _Socket | None = None
         self._sock_lock = asyncio.Lock()
+        self._spare: asyncio.Task[None] | None = None
         self._key = ""
 
     # -- set-up --------------------------------------------------------------------------------------------------
@@ -171,7 +180,7 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
         }
         if p.language_code:
             query["language_code"] = p.language_code
-        return f"{base}/v1/text-to-speech/{p.voice}/multi-stream-input?{urlencode(query)}"
+        return f"{base}/v1/text-to-speech/{p.voice}/{p.endpoint}?{urlencode(query)}"
 
     async def setup(self) -> None:
         # A missing key fails the session here, at graph start, naming the node and the variable.
@@ -191,27 +200,27 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
         node.params = params
         url = node.url()
         t0 = time.perf_counter()
+        ms = 0.0
         try:
             async with asyncio.timeout(params.connect_timeout_s + 2):
                 async with connect(url, additional_headers={"xi-api-key": key}) as ws:
+                    ms = round((time.perf_counter() - t0) * 1000, 1)
+                    # The key may be checked on the first message: wait a moment for an error frame.
                     await ws.send(json.dumps({"text": " ", "context_id": "ah-doctor"}))
                     with contextlib.suppress(TimeoutError):
                         while True:
                             msg = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
                             if isinstance(msg, dict) and msg.get("error"):
-                                return [
-                                    check,
-                                    DoctorCheck(
-                                        False,
-                                        f"ElevenLabs: {url} refused: {msg.get('message') or msg['error']}",
-                                    ),
-                                ]
+                                why = msg.get("message") or msg["error"]
+                                return [check, DoctorCheck(False, f"ElevenLabs: {url} refused: {why}")]
                     await ws.send(json.dumps({"close_socket": True}))
         except ConnectionClosed as exc:
             return [check, DoctorCheck(False, f"ElevenLabs: {url} closed the socket: {exc}")]
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            return [check, DoctorCheck(False, f"ElevenLabs: {url} refused the connection (HTTP {status})")]
         except (OSError, TimeoutError, WebSocketException) as exc:
             return [check, DoctorCheck(False, f"ElevenLabs: cannot open {url}: {type(exc).__name__}: {exc}")]
-        ms = round((time.perf_counter() - t0) * 1000, 1)
         return [
             check,
             DoctorCheck(True, f"ElevenLabs: {url.split('?')[0]} opened in {ms:g} ms, key accepted"),
@@ -274,10 +283,43 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
             for q in sock.contexts.values():
                 q.put_nowait(_CLOSED)
 
+    @property
+    def _multi(self) -> bool:
+        return self.params.endpoint == "multi-stream-input"
+
+    async def _make_spare(self) -> None:
+        """stream-input: open (and initialise) the next reply's socket ahead of time."""
+        try:
+            sock = await self._connect()
+            await self._prepare_context(sock)
+        except _Failure as exc:
+            self.ctx.logger.warning("%s: could not open the next socket ahead: %s", self.id, exc)
+            return
+        old, self._sock = self._sock, sock
+        if old is not None:
+            await old.close()
+
     async def _socket(self) -> _Socket:
-        """The warm socket (opened now if there is none, or it broke); a fresh one when not ``warm``."""
+        """The warm socket (opened now if there is none, or it broke); a fresh one when not ``warm``.
+        On stream-input the socket is the reply's own, and the next one is opened at once."""
         if not self.params.warm:
-            return await self._connect()
+            fresh = await self._connect()
+            if not self._multi:
+                await self._prepare_context(fresh)
+            return fresh
+        if not self._multi:
+            async with self._sock_lock:
+                spare = self._spare
+                if spare is not None and not spare.done():
+                    await spare
+                taken, self._sock = self._sock, None
+                if taken is None or taken.closed.is_set() or taken.reason:
+                    if taken is not None:
+                        await taken.close()
+                    taken = await self._connect()
+                    await self._prepare_context(taken)
+            self._spare = asyncio.get_running_loop().create_task(self._make_spare())
+            return taken
         async with self._sock_lock:
             sock = self._sock
             if sock is None or sock.closed.is_set() or sock.reason:
@@ -291,12 +333,12 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
     async def _prepare_context(self, sock: _Socket) -> str:
         """Initialise a context (voice settings, schedule) ahead of the reply that will use it."""
         p = self.params
-        cid = f"r{next(self._ids)}"
+        cid = f"r{next(self._ids)}" if self._multi else ""
         sock.next_context = cid
         await sock.send(
             {
                 "text": " ",
-                "context_id": cid,
+                **({"context_id": cid} if cid else {}),
                 "voice_settings": {
                     "stability": p.stability,
                     "similarity_boost": p.similarity_boost,
@@ -312,9 +354,14 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
         while True:
             await asyncio.sleep(self.params.keepalive_s)
             sock = self._sock
-            if sock is not None and not sock.closed.is_set() and sock.next_context:
+            if sock is None or sock.closed.is_set():
+                continue
+            if self._multi and sock.next_context:
                 # Empty text with a context id: a keepalive on multi-stream-input, never end of input.
                 await sock.send({"text": "", "context_id": sock.next_context})
+            elif not self._multi:
+                # stream-input: a single space (an empty text would end the stream).
+                await sock.send({"text": " "})
 
     # -- running ------------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -358,10 +405,15 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
         finally:
             for task in background:
                 task.cancel()
+            if self._spare is not None:
+                self._spare.cancel()
             if self._sock is not None:
                 await self._sock.close()
 
     async def _warm_up(self) -> None:
+        if not self._multi:
+            await self._make_spare()
+            return
         try:
             await self._socket()
         except _Failure as exc:  # the first reply tries again
@@ -404,11 +456,13 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
         sock = await self._socket()
         q: asyncio.Queue[Any] = asyncio.Queue()
         cid = sock.next_context
-        if cid is None or not p.warm:
+        if not self._multi:
+            cid = ""  # the socket is this reply's own, already initialised
+        elif cid is None or not p.warm:
             cid = await self._prepare_context(sock)
         context: str = cid
         sock.contexts[context] = q
-        if p.warm:
+        if self._multi and p.warm:
             await self._prepare_context(sock)  # the next reply's context, ready before it is needed
         else:
             sock.next_context = None
@@ -483,19 +537,27 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
         finally:
             sender.cancel()
             sock.contexts.pop(cid, None)
-            if not sock.closed.is_set():
-                # Done: free the context. Cancelled (barge-in): stop its audio now.
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(sock.send({"context_id": cid, "close_context": True}))
-            if not p.warm:
+            if not self._multi:
+                # stream-input: the socket was this reply's; closing it ends the stream (and, on a
+                # barge-in, stops its audio at once).
                 await sock.close()
+            else:
+                if not sock.closed.is_set():
+                    # Done: free the context. Cancelled (barge-in): stop its audio now.
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(sock.send({"context_id": cid, "close_context": True}))
+                if not p.warm:
+                    await sock.close()
 
     async def _send_piece(self, sock: _Socket, cid: str, piece: str, q: asyncio.Queue[Any]) -> None:
         text = piece.strip()
         if not text:
             return
         # Text ends with a space (a word boundary); flush: speak it now, do not wait for more.
-        if not await sock.send({"text": text + " ", "context_id": cid, "flush": True}):
+        msg: dict[str, Any] = {"text": text + " ", "flush": True}
+        if cid:
+            msg["context_id"] = cid
+        if not await sock.send(msg):
             q.put_nowait(_CLOSED)
             return
         q.put_nowait((_SENT, sum(1 for c in text if not c.isspace())))

@@ -65,6 +65,13 @@ class StreamingTtsParams(Params):
         description="Speak a long sentence's first clauses early: cut at a comma, semicolon, colon or dash "
         "once the text so far is this long (0: cut only at sentence ends).",
     )
+    first_clause_chars: int = Field(
+        12,
+        ge=0,
+        le=10_000,
+        description="The same for a reply's first piece, which decides the response latency: a short "
+        "opening clause ('Sure, ...') is spoken while the LLM writes the rest (0: use min_clause_chars).",
+    )
 
 
 # -- text: deltas to speakable pieces -------------------------------------------------------------------------
@@ -84,8 +91,12 @@ class TextSplitter:
     White space after a cut stays with the next piece, so the pieces concatenate to the text.
     """
 
-    def __init__(self, min_clause_chars: int = 40, max_chars: int = MAX_PIECE_CHARS) -> None:
+    def __init__(
+        self, min_clause_chars: int = 40, max_chars: int = MAX_PIECE_CHARS, first_clause_chars: int = 0
+    ) -> None:
         self.min_clause_chars = min_clause_chars
+        self.first_clause_chars = first_clause_chars or min_clause_chars
+        self.pieces = 0  # pieces cut so far
         self.max_chars = max_chars
         self.buf = ""
 
@@ -96,6 +107,7 @@ class TextSplitter:
         while (cut := self._cut()) is not None:
             out.append(self.buf[:cut])
             self.buf = self.buf[cut:]
+            self.pieces += 1
         return out
 
     def flush(self) -> str:
@@ -117,9 +129,10 @@ class TextSplitter:
                 if m.end() == len(b) and before[-1:].isdigit():
                     continue  # "3." may become "3.5": wait for the next delta
             return m.end()
-        if self.min_clause_chars:
+        least = self.first_clause_chars if self.pieces == 0 else self.min_clause_chars
+        if least:
             for m in _CLAUSE_END.finditer(b):
-                if len(b[: m.end()].strip()) >= self.min_clause_chars:
+                if len(b[: m.end()].strip()) >= least:
                     return m.end()
         if len(b.strip()) >= self.max_chars:
             # No punctuation at all for a long while: cut at the last word boundary.
@@ -272,7 +285,13 @@ class StreamingTts(Node[P]):
                         continue
                     reply = replies.get(scope)
                     if reply is None or reply.ended:
-                        reply = _Reply(scope, TextSplitter(self.params.min_clause_chars))
+                        reply = _Reply(
+                            scope,
+                            TextSplitter(
+                                self.params.min_clause_chars,
+                                first_clause_chars=self.params.first_clause_chars,
+                            ),
+                        )
                         replies[scope] = reply
                         previous = tg.create_task(self._reply_worker(reply, previous))
                         previous.add_done_callback(functools.partial(_forget, replies, reply))

@@ -21,6 +21,7 @@ from ah.runtime.sdk import (
     Node,
     Output,
     Params,
+    SessionEvent,
     TranscriptFrame,
     UserTurnFrame,
     VadFrame,
@@ -61,11 +62,16 @@ class SilenceTurnPolicy(Node[SilenceTurnParams]):
             if task is not None:
                 task.cancel()
 
+    def report(self, event: str, **data: object) -> None:
+        """A ``turn`` session event (the conversation simulator draws them on its timeline)."""
+        self.ctx.emit(SessionEvent("turn", data={"event": event, "t": self.ctx.clock.now(), **data}))
+
     # -- inputs ----------------------------------------------------------------------------------------------
     async def _vad_loop(self) -> None:
         async for ev in self.vad:
             if ev.kind == "start":
                 self._speaking = True
+                self.report("speech_start", audio_t=ev.t)
                 self._cancel(self._endpoint)
                 if self.params.barge_in and self.ctx.scopes.live():
                     self._barge = asyncio.get_running_loop().create_task(self._barge_in_after_min_speech())
@@ -73,6 +79,7 @@ class SilenceTurnPolicy(Node[SilenceTurnParams]):
                 self._speaking = False
                 self._cancel(self._barge)
                 self._last_speech_end = ev.t
+                self.report("speech_end", audio_t=ev.t)
                 already = max(0.0, ev.confirmed_at - ev.t) if ev.confirmed_at else 0.0
                 self._endpoint = asyncio.get_running_loop().create_task(self._endpoint_after_silence(already))
 
@@ -101,6 +108,7 @@ class SilenceTurnPolicy(Node[SilenceTurnParams]):
         self._pending.clear()
         await self._interrupt_live()
         scope = self.ctx.scopes.open("reply")
+        self.report("end_of_turn", scope=scope, text=text, audio_t=self._last_speech_end)
         await self.turns.send(UserTurnFrame(text, scope=scope, t_end_of_speech=self._last_speech_end))
 
     async def _barge_in_after_min_speech(self) -> None:
@@ -111,6 +119,7 @@ class SilenceTurnPolicy(Node[SilenceTurnParams]):
     async def _interrupt_live(self) -> None:
         for scope in self.ctx.scopes.live():
             self.ctx.scopes.cancel(scope)
+            self.report("interrupt", scope=scope)
             await self.interruptions.send(InterruptionFrame(scope))
 
     @staticmethod

@@ -123,7 +123,7 @@ class _Decider:
                 self.speaking = True
                 at = max(0.0, self.candidate - self.pad)
                 self.candidate = self.silent_since = None
-                return VadFrame("start", at, prob)
+                return VadFrame("start", at, prob, confirmed_at=end)
         else:
             if prob >= self.high:
                 self.silent_since = None
@@ -133,7 +133,8 @@ class _Decider:
                 self.speaking = False
                 at = min(end, self.silent_since + self.pad)
                 self.silent_since = None
-                return VadFrame("end", at, prob)
+                # When it was sure: a turn policy counts its silence from ``at``, not from now.
+                return VadFrame("end", at, prob, confirmed_at=end)
         return None
 
     def finish(self, total_s: float) -> VadFrame | None:

@@ -14,7 +14,7 @@ valid when the output's frame type is the input's type or a subclass of it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
@@ -126,13 +126,21 @@ class InputPort(Generic[F]):
 class OutputPort(Generic[F]):
     """The sending end of one output, fanned out to every connected input."""
 
-    __slots__ = ("_cancelled", "_single", "name", "targets")
+    __slots__ = ("_cancelled", "_single", "_tap", "name", "targets")
 
-    def __init__(self, name: str, targets: list[Channel[Any]], scopes: ScopeRegistry) -> None:
+    def __init__(
+        self,
+        name: str,
+        targets: list[Channel[Any]],
+        scopes: ScopeRegistry,
+        tap: Callable[[Frame], None] | None = None,
+    ) -> None:
         self.name = name
         self.targets = targets
         self._single = targets[0] if len(targets) == 1 else None
         self._cancelled = scopes.cancelled
+        #: A session observer's callback for every frame sent here (ah.runtime.observe); None: unwatched.
+        self._tap = tap
 
     @property
     def connected(self) -> bool:
@@ -145,6 +153,8 @@ class OutputPort(Generic[F]):
         """
         # Not ``async def``: with one target, hand back the channel's own ``put`` coroutine instead
         # of wrapping it in a second one (~0.2 µs a hop; experiments/engine_bench.py).
+        if self._tap is not None:
+            self._tap(frame)
         single = self._single
         if single is not None:
             return single.put(frame)

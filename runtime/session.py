@@ -12,7 +12,7 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +22,11 @@ from pydantic import ValidationError
 
 from ah.runtime.channel import Channel, EdgePolicy
 from ah.runtime.clock import Clock, MonotonicClock
+from ah.runtime.frames import Frame
 from ah.runtime.graph_loader import Graph, ResolvedEdge
 from ah.runtime.node import Node, NodeContext, SessionEvent
-from ah.runtime.ports import InputPort, OutputPort
+from ah.runtime.observe import FrameTap, SessionObserver
+from ah.runtime.ports import InputPort, OutputPort, PortSpec
 from ah.runtime.scopes import ScopeRegistry
 
 log = logging.getLogger("ah.session")
@@ -62,6 +64,7 @@ class Session:
         attachments: Mapping[str, Any] | None = None,
         on_event: Callable[[SessionEvent], None] | None = None,
         tracer: trace.Tracer | None = None,
+        observers: Sequence[SessionObserver] = (),
     ) -> None:
         self.graph = graph
         self.id = session_id or uuid.uuid4().hex[:16]
@@ -72,6 +75,7 @@ class Session:
         self._task: asyncio.Task[Any] | None = None
         self._stop_requested = False
         self._on_event = on_event
+        self.observers = list(observers)
         self.events: list[SessionEvent] = []
         self.tracer = tracer or trace.get_tracer("ah")
         self.channels: dict[str, Channel[Any]] = {}
@@ -79,6 +83,8 @@ class Session:
         self._inputs_of: dict[str, list[Channel[Any]]] = {}
         self._outputs_of: dict[str, list[OutputPort[Any]]] = {}
         self._build()
+        for observer in self.observers:
+            observer.attach(self)
 
     # -- wiring ------------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -113,7 +119,10 @@ class Session:
                     for e in self.graph.edges
                     if e.src == nid and e.src_port == pname
                 ]
-                port: OutputPort[Any] = OutputPort(pname, targets, self.scopes)
+                spec = rnode.cls.outputs[pname]
+                port: OutputPort[Any] = OutputPort(
+                    pname, targets, self.scopes, self._tap_for(nid, rnode.type_name, spec)
+                )
                 ports[nid][pname] = port
                 self._outputs_of[nid].append(port)
             ctx = NodeContext(
@@ -129,6 +138,23 @@ class Session:
                 request_stop=self.stop,
             )
             self.nodes[nid] = rnode.cls(rnode.params, ctx, ports[nid])
+
+    def _tap_for(self, nid: str, node_type: str, spec: PortSpec) -> FrameTap | None:
+        """The observers' callbacks for one output port, guarded: an observer never fails a session."""
+        taps = [t for o in self.observers if (t := o.tap(nid, node_type, spec)) is not None]
+        if not taps:
+            return None
+
+        def tap(frame: Frame) -> None:
+            for t in taps:
+                try:
+                    t(frame)
+                except Exception:
+                    log.exception(
+                        "session %s: observer failed on a frame from %s.%s", self.id, nid, spec.name
+                    )
+
+        return tap
 
     def setup_order(self) -> list[str]:
         """Sources first (topological order, ties in file order), so a transport node can apply a
@@ -174,6 +200,11 @@ class Session:
                 self._on_event(event)
             except Exception:  # an observer must not take the session down
                 log.exception("session %s: event observer failed", self.id)
+        for observer in self.observers:
+            try:
+                observer.on_event(event)
+            except Exception:
+                log.exception("session %s: observer failed on %s", self.id, event.kind)
 
     # -- running -------------------------------------------------------------------------------------------
     async def _run_node(self, nid: str, node: Node[Any]) -> None:

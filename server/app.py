@@ -2,7 +2,7 @@
 
 Routes: ``/v1/convai/conversation`` (WebSocket, one session per connection),
 ``/v1/convai/conversation/get-signed-url``, ``/healthz``, ``/readyz``, ``/`` (the talk page) and
-``/agents`` (the agent ids, a JSON list, for the talk page).
+``/agents`` (the agent ids, a JSON list, for the talk page) and ``/metrics`` (Prometheus).
 Built on the ``websockets`` server alone: HTTP routes are answered in ``process_request`` before the
 upgrade, so there is one event loop, one port and no web framework to keep in step.
 """
@@ -34,6 +34,7 @@ from ah.runtime.graph_loader import Graph
 from ah.runtime.session import Session
 from ah.server.access import AccessMode, AccessPolicy
 from ah.server.connection import WebSocketConnection
+from ah.telemetry.hub import PROMETHEUS_CONTENT_TYPE, Telemetry
 
 log = logging.getLogger("ah.server")
 
@@ -78,11 +79,17 @@ def _query(path: str) -> dict[str, str]:
 
 class AgentServer:
     def __init__(
-        self, graphs: dict[str, Graph], config: ServerConfig | None = None, access: AccessPolicy | None = None
+        self,
+        graphs: dict[str, Graph],
+        config: ServerConfig | None = None,
+        access: AccessPolicy | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if not graphs:
             raise ValueError("no graphs to serve")
         self.graphs = graphs
+        # Prometheus /metrics by default; traces and metrics files when the telemetry settings ask.
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.config = config or ServerConfig()
         self.access = access or AccessPolicy()
         # Each graph's own `access:` block, where it has one, overrides the server's mode and origins.
@@ -164,6 +171,8 @@ class AgentServer:
             return self._respond(200, "ready\n")
         if path == "/":
             return self._respond(200, talk_page(), "text/html; charset=utf-8")
+        if path == "/metrics" and self.telemetry.prometheus is not None:
+            return self._respond(200, self.telemetry.prometheus_text(), PROMETHEUS_CONTENT_TYPE)
         if path == "/agents":  # the talk page's agent list
             return self._json(200, sorted(self.graphs))
         if path == SIGNED_URL_PATH:
@@ -192,7 +201,7 @@ class AgentServer:
         return self._respond(
             404,
             f"no route {path[:200]}; this server answers {CONVERSATION_PATH}?agent_id=ID (WebSocket), "
-            f"{SIGNED_URL_PATH}?agent_id=ID, /healthz, /readyz and / (talk page). Agents: {self._known()}\n",
+            f"{SIGNED_URL_PATH}?agent_id=ID, /healthz, /readyz, /metrics and / (talk page). Agents: {self._known()}\n",
         )
 
     def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
@@ -225,7 +234,13 @@ class AgentServer:
                 1013, f"try again later: this server is at its session limit ({self.config.max_sessions})"
             )
             return
-        session = Session(graph, attachments={"connection": conn, "agent_id": agent_id, "query": query})
+        tracker = self.telemetry.observer()
+        session = Session(
+            graph,
+            attachments={"connection": conn, "agent_id": agent_id, "query": query},
+            observers=[tracker] if tracker is not None else (),
+            tracer=self.telemetry.node_tracer(),
+        )
         self.sessions[session.id] = session
         self._idle.clear()
         self.started_sessions += 1
@@ -319,6 +334,8 @@ class AgentServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        # The last turns' spans go out before the process exits (the exporters work on their own thread).
+        await asyncio.to_thread(self.telemetry.flush)
         self._stopped.set()
 
     def _on_signal(self) -> None:
@@ -376,7 +393,7 @@ class AgentServer:
             )
         lines += [
             f"    browser     {http}/   (talk page)",
-            f"  health: {http}/healthz  {http}/readyz      stop: Ctrl-C or SIGTERM (drains, "
+            f"  health: {http}/healthz  {http}/readyz  metrics: {http}/metrics      stop: Ctrl-C or SIGTERM (drains, "
             f"{self.config.drain_timeout_s:g} s)",
         ]
         return "\n".join(lines)

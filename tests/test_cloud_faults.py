@@ -8,9 +8,12 @@ turn hangs (every provider call has a deadline; the graph's are short, tests/gra
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.cloud_helpers import REPLY, Conversation, conversation, fakes, run, silence, speech
+from tests.fakes.elevenlabs_tts import TtsConfig
 from tests.fakes.groq import GroqConfig
 
 NEXT = "Tell me more."
@@ -137,7 +140,7 @@ def test_tts_faults_before_any_audio_are_retried_on_a_new_socket(
             f.tts.config.faults.force(fault)
             async with conversation() as c:
                 assert await typed_turn(c, 1) == REPLY
-                await c.wait("audio", within=10)  # after the first socket's deadline (1.5 s)
+                await c.wait("audio", within=10)  # after the first socket's deadline (2 s)
                 await c.settle()
                 assert not c.errors(), c.errors()
                 chars = "".join("".join(a["audio_event"]["alignment"]["chars"]) for a in c.of_type("audio"))
@@ -226,5 +229,48 @@ def test_stt_failure_is_an_error_event_and_the_next_utterance_is_heard(
                 tr = await c.wait("user_transcript")
                 assert tr["user_transcription_event"]["user_transcript"] in ("Hello?", NEXT)
                 assert (await c.wait("agent_response"))["agent_response_event"]["agent_response"] == REPLY
+
+    run(main())
+
+
+# -- barge-in ---------------------------------------------------------------------------------------------------------
+def test_barge_in_closes_the_context_and_the_correction_says_what_was_heard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service's character timings tell protocol_out what the listener heard when the user cut in."""
+
+    async def main() -> None:
+        with fakes(monkeypatch, tts=TtsConfig(ms_per_char=60, rtf=1.5)) as f:
+            async with conversation() as c:
+                await c.say_text("What is the weather like?")
+                await c.wait("audio")
+                await asyncio.sleep(1.2)  # a good part of the first sentence has been heard
+                await c.stream(speech(0.6) + silence(0.2))
+                await c.wait("interruption")
+                corr = (await c.wait("agent_response_correction"))["agent_response_correction_event"]
+                heard = corr["corrected_agent_response"]
+                assert heard and REPLY.startswith(heard) and len(heard) < len(REPLY), corr
+            closes = [m for m in f.tts.connections[0].messages if m.get("close_context")]
+            assert closes, "the interrupted reply's context was closed"
+            stopped = [g for g in f.tts.generations if g.stopped]
+            assert stopped, "the fake stopped making audio for it"
+
+    run(main())
+
+
+def test_tts_refused_connections_are_an_error_event_and_a_later_reply_connects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def main() -> None:
+        with fakes(monkeypatch) as f:
+            # The warm-up, the reply's connection and its one retry are all refused (HTTP 503).
+            f.tts.config.connect_faults.force("reject", "reject", "reject")
+            async with conversation() as c:
+                await asyncio.sleep(0.3)
+                assert await typed_turn(c, 1) == REPLY
+                err = (await c.wait("error"))["error_event"]
+                assert err["error_type"] == "tts_error" and "HTTP 503" in err["message"], err
+                assert not c.of_type("audio")
+                await next_turn_is_normal(c, 2)
 
     run(main())

@@ -142,6 +142,26 @@ def test_word_error_rate_and_confidence_over_the_fixtures_and_speculation_change
     assert ("faster-whisper", str(MODELS_DIR / "whisper-tiny.en"), ("threads", 1)) in loaded()
 
 
+def test_the_fit_window_hears_what_the_30_second_window_hears() -> None:
+    """``window: fit`` encodes only the utterance (the default, ~5x less work); it must not cost accuracy."""
+    names = utterances()
+    refs = [fixture_meta()[n]["text"] for n in names]
+    files = ", ".join(names)
+    fit, full = stt_session(files), stt_session(files, 'window: "30s", speculative: false')
+    run(fit)
+    run(full)
+    fit_texts, full_texts = [t.text for t in transcripts(fit)], [t.text for t in transcripts(full)]
+    assert len(fit_texts) == len(full_texts) == len(names)
+    assert wer(refs, fit_texts) <= 0.10 and wer(refs, full_texts) <= 0.10
+    assert wer(full_texts, fit_texts) <= 0.05, list(zip(full_texts, fit_texts, strict=True))
+    work = {
+        name: statistics.mean(e.data["infer_s"] for e in events_of(s, "stt_run"))
+        for name, s in (("fit", fit), ("30s", full))
+    }
+    print(f"\nWhisper compute per utterance: fit {work['fit']:.3f} s, 30s {work['30s']:.3f} s")
+    assert all(0.7 < (t.confidence or 0.0) for t in transcripts(fit))
+
+
 def test_speech_resuming_before_the_endpoint_is_merged_and_the_stale_run_discarded() -> None:
     # The fixture pauses 700 ms mid-sentence. With endpoint_silence_ms above that, it is one utterance.
     spec = stt_session("pause_700ms.wav", "endpoint_silence_ms: 1000")

@@ -238,6 +238,17 @@ def test_splitter_cuts_sentences_and_long_clauses_as_text_streams() -> None:
     assert s.feed("5 euros.") == ["It costs 3.5 euros."]
 
 
+def test_splitter_speaks_a_short_opening_clause_first() -> None:
+    """The first piece decides the response latency: its clause may be cut sooner than later ones."""
+    text = "Sure, I can help with that, and then, with anything else you need today."
+    tokens = re.findall(r"\s*\S+", text)
+    eager, plain = TextSplitter(30, first_clause_chars=5), TextSplitter(30)
+    got_eager = [p for p in [*(q for t in tokens for q in eager.feed(t)), eager.flush()] if p]
+    got_plain = [p for p in [*(q for t in tokens for q in plain.feed(t)), plain.flush()] if p]
+    assert got_eager == ["Sure,", " I can help with that, and then,", " with anything else you need today."]
+    assert got_plain == ["Sure, I can help with that, and then,", " with anything else you need today."]
+
+
 # -- Piper ----------------------------------------------------------------------------------------------------------
 @needs_piper
 def test_piper_streams_by_sentence_and_its_audio_says_the_reply() -> None:

@@ -27,6 +27,7 @@ from ah.runtime.sdk import (
     Node,
     Params,
     ReplyTextFrame,
+    SessionEvent,
     SpeechFrame,
     TranscriptFrame,
     VadFrame,
@@ -52,6 +53,7 @@ class _Reply:
     audio_s: float = 0.0  # seconds of audio sent
     spoken: list[tuple[float, str]] = field(default_factory=list)  # (start in reply, text) of what was sent
     interrupted: bool = False
+    last_audio_at: float | None = None  # session clock time of the last audio chunk sent
 
 
 class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
@@ -70,6 +72,8 @@ class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
         self.state = ProtocolState.of(self.ctx)
         self._replies: dict[int, _Reply] = {}
         self._last_vad_sent = -1e9
+        self._scope_changed = asyncio.Event()
+        self.ctx.scopes.observe(lambda _scope: self._scope_changed.set())
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._speech_loop())
             tg.create_task(self._text_loop())
@@ -106,6 +110,11 @@ class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
                 send_at = reply.wall_start + reply.audio_s - lead
                 if send_at > now:
                     await clock.sleep_until(send_at)
+                if scope in scopes.paused:
+                    # Paused while this chunk waited its turn: hold it, then restart the listener's clock.
+                    await self._wait_unpaused(scope)
+                    if reply.wall_start + reply.audio_s < clock.now():
+                        reply.wall_start = clock.now() - reply.audio_s
                 if scope in scopes.cancelled:
                     continue  # cancelled while we waited: not one more sample of it
                 event: dict[str, object] = {
@@ -125,14 +134,27 @@ class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
                 reply.audio_s += frame.duration_s
                 if not await self.state.send({"type": "audio", "audio_event": event}):
                     return
+                if reply.last_audio_at is None:
+                    # Observers (tracing, metrics) time the response latency to this moment.
+                    self.ctx.emit(
+                        SessionEvent("reply_audio_started", data={"scope": scope, "event_id": reply.event_id})
+                    )
+                reply.last_audio_at = clock.now()
             if last:
                 if reply.wall_start is not None:
                     await clock.sleep_until(reply.wall_start + reply.audio_s)  # until it has been heard
                 scopes.finish(scope)
 
+    async def _wait_unpaused(self, scope: int) -> None:
+        while scope in self.ctx.scopes.paused:
+            self._scope_changed.clear()
+            await self._scope_changed.wait()
+
     # -- agent text ---------------------------------------------------------------------------------------
     async def _text_loop(self) -> None:
         async for frame in self.text:
+            if frame.scope in self.ctx.scopes.paused:
+                await self._wait_unpaused(frame.scope)  # a held reply shows nothing until released
             if frame.scope in self.ctx.scopes.cancelled:
                 continue
             reply = self._reply(frame.scope)
@@ -164,6 +186,8 @@ class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
         position = min(self.ctx.clock.now() - reply.wall_start, reply.audio_s)
         heard = "".join(text for start, text in reply.spoken if start < position)
         spoken = "".join(text for _, text in reply.spoken)
+        if reply.text.startswith(spoken):
+            spoken = reply.text  # what is still held (a paused reply) decides whether a word was cut too
         cut = len(heard)
         if 0 < cut < len(spoken) and spoken[cut - 1].isalnum() and spoken[cut].isalnum():
             # Cut off inside a word: a listener has not heard a word they heard half of.
@@ -179,6 +203,18 @@ class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
             self.state.interrupted_event_id = max(self.state.interrupted_event_id, reply.event_id)
             await self.state.send(
                 {"type": "interruption", "interruption_event": {"event_id": reply.event_id}}
+            )
+            # For metrics (the cancel tail): when the interruption left, and the reply's last audio before it.
+            self.ctx.emit(
+                SessionEvent(
+                    "interruption_sent",
+                    data={
+                        "scope": frame.interrupted_scope,
+                        "event_id": reply.event_id,
+                        "t": self.ctx.clock.now(),
+                        "last_audio_t": reply.last_audio_at,
+                    },
+                )
             )
             # A text-only client has read every part it was sent; a voice client only what it has heard.
             heard = frame.heard or (
