@@ -285,6 +285,10 @@ class OverlapAwareBase(Node[Any]):
     async def _typed_loop(self) -> None:
         async for turn in self.typed:
             self._drop_preempt("typed turn")
+            if self._overlap is not None:  # a typed turn settles a pending interruption too
+                self._cancel(self._overlap.commit_timer)
+                self._cancel(self._overlap.resume_timer)
+                self._overlap = None
             await self._interrupt_live("typed")
             scope = self.ctx.scopes.open("reply")
             await self.turns.send(UserTurnFrame(turn.text, typed=True, scope=scope))
