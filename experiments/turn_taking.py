@@ -231,7 +231,9 @@ def main() -> int:
     data = json.loads(out.read_text()) if out.exists() else {}
     data[args.mode] = section
     out.write_text(json.dumps(data, indent=1) + "\n")
-    print(f"\nwrote {out.relative_to(HERE.parent)} ({args.mode}) and results/turn_taking/figures_{args.mode}.png")
+    print(
+        f"\nwrote {out.relative_to(HERE.parent)} ({args.mode}) and results/turn_taking/figures_{args.mode}.png"
+    )
     return 0
 
 
