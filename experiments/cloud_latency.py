@@ -114,12 +114,28 @@ REPLIES = {
     "I would like to order a large pizza with mushrooms.": "A large mushroom pizza it is. It will be there in thirty minutes.",
 }
 
+SILENCE_TURN = {"type": "turn_policy.silence", "endpoint_silence_ms": 400, "barge_in_min_speech_ms": 300}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    "baseline": {"stt": {"speculative": False}, "llm": {"preemptive": False}, "tts": {"warm": False}},
-    "+spec_stt": {"stt": {"speculative": True}, "llm": {"preemptive": False}, "tts": {"warm": False}},
-    "+preempt_llm": {"stt": {"speculative": True}, "llm": {"preemptive": True}, "tts": {"warm": False}},
-    "+warm_tts": {},  # graphs/cloud.yaml as it is
+    "baseline": {
+        "stt": {"speculative": False, "early_ms": 0},
+        "turn": SILENCE_TURN,
+        "llm": {"preemptive": False},
+        "tts": {"warm": False},
+    },
+    "+spec_stt": {
+        "stt": {"early_ms": 0},
+        "turn": SILENCE_TURN,
+        "llm": {"preemptive": False},
+        "tts": {"warm": False},
+    },
+    "+preempt_llm": {"stt": {"early_ms": 0}, "turn": SILENCE_TURN, "tts": {"warm": False}},
+    "+warm_tts": {"stt": {"early_ms": 0}, "turn": SILENCE_TURN},
+    "+early_stt": {"turn": SILENCE_TURN},
+    "+held_reply": {},  # graphs/cloud.yaml as it is
+    # Off the chain: the held reply without the early STT request (compared with +warm_tts).
+    "held_only": {"stt": {"early_ms": 0}},
 }
+BASE_OF = {"held_only": "+warm_tts"}
 MARKS = [
     "stt_request",
     "stt_done",
@@ -168,7 +184,10 @@ def write_variant(directory: Path, name: str, overrides: dict[str, dict[str, Any
     agent = "cloud_" + re.sub(r"\W", "", name) if overrides else "cloud"
     lines = [f"extends: {GRAPH}", f"graph: {agent}", "nodes:"]
     for node, params in overrides.items():
-        lines.append(f"  {node}: {{params: {json.dumps(params)}}}")
+        params = dict(params)
+        kind = params.pop("type", None)  # another node type replaces the node (its params with it)
+        head = f"type: {kind}, " if kind else ""
+        lines.append(f"  {node}: {{{head}params: {json.dumps(params)}}}")
     if not overrides:
         lines = [f"extends: {GRAPH}", "graph: cloud"]
     path = directory / f"{agent}.yaml"
@@ -472,6 +491,7 @@ def run_variant(
             "tts_connections": len(tts.connections),
             "stt_requests": len(groq.of("/transcriptions")),
             "llm_requests": len(groq.of("/chat/completions")),
+            "tts_generations": len(tts.generations),
             "server_errors": [ln for ln in log.splitlines() if "Traceback" in ln or "failed" in ln][:5],
         }
         return turns, info
@@ -608,10 +628,17 @@ def main() -> None:
             ),
         )
     console.print(table)
-    names = list(summary)
-    for a, b in itertools.pairwise(names):
-        d = summary[a]["latency_ms"]["mean"] - summary[b]["latency_ms"]["mean"]
-        console.print(f"  {b:>13} buys {d:6.0f} ms of mean latency over {a}")
+    chain = [n for n in summary if n not in BASE_OF]
+    pairs = [*itertools.pairwise(chain), *((BASE_OF[n], n) for n in summary if n in BASE_OF)]
+    for a, b in pairs:
+        if a in summary and b in summary:
+            d = summary[a]["latency_ms"]["mean"] - summary[b]["latency_ms"]["mean"]
+            console.print(f"  {b:>13} buys {d:6.0f} ms of mean latency over {a}")
+    for n, info in infos.items():
+        console.print(
+            f"  {n:>13}: {info['stt_requests']} STT, {info['llm_requests']} LLM requests, "
+            f"{info['tts_generations']} TTS generations for {summary[n]['turns']} turns"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     png = args.out.with_suffix(".png")
     plot(summary, png)
