@@ -3,7 +3,7 @@ Groq and ElevenLabs servers made as slow as the real services are published to b
 client that streams recorded speech in real time over the ElevenLabs Agents WebSocket.
 
 Run: ``.venv/bin/python experiments/cloud_latency.py`` (52 turns per variant, 4 conversations at a
-time, 4 variants: about 6 minutes). ``--turns 8`` for a quick look.
+time, 7 variants: about 10 minutes). ``--turns 8`` for a quick look.
 
 **What is measured.** Response latency per turn (ARCHITECTURE.md §5): from the end of the user's
 speech (when the chunk holding the last voiced sample, per ``tests/fixtures/audio/transcripts.json``,
@@ -48,7 +48,14 @@ difference between neighbours is what that overlap buys:
   +spec_stt     STT starts at each tentative end of speech (``stt.speculative``)
   +preempt_llm  the LLM starts on that tentative transcript (``llm.preemptive``)
   +warm_tts     the TTS socket is open and its context initialised before the reply (``tts.warm``)
-                = graphs/cloud.yaml as shipped
+                (graphs/cloud.yaml until the held reply; ``turn_policy.silence``)
+  +early_stt    the STT request goes out when the VAD's scores drop (``stt.early_ms: 32``), before
+                the VAD confirms the end of speech (its 160 ms ``min_silence_ms``)
+  +held_reply   the turn policy starts the reply on the tentative transcript, held (paused scope):
+                the LLM streams and the TTS synthesises before the turn commits; released at the
+                commit, dropped unheard if the user goes on (``turn_policy.overlap_aware``,
+                ``preemptive: true``) = graphs/cloud.yaml as shipped
+  held_only     off the chain: the held reply without the early STT request (against +warm_tts)
 
 Results: ``experiments/results/cloud_latency.json`` and ``cloud_latency.png``.
 """
