@@ -388,7 +388,9 @@ class OverlapAwareBase(Node[Any]):
         scope = scopes.open("reply")
         self._preempt = (scope, text)
         self.report("preempt", scope=scope, text=text)
-        await self.turns.send(UserTurnFrame(text, scope=scope, t_end_of_speech=self._last_speech_end))
+        await self.turns.send(
+            UserTurnFrame(text, scope=scope, t_end_of_speech=self._last_speech_end, held=True)
+        )
         # Pause it once the LLM has taken the turn (a paused frame would wait in the LLM's input): from
         # then on everything it makes is held, and protocol_out sends nothing of a paused reply.
         s = scopes.get(scope)

@@ -54,7 +54,13 @@ def test_the_held_reply_is_synthesised_before_the_turn_ends_and_heard_after(
 
 def test_a_held_reply_is_dropped_unheard_when_the_user_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
-        groq = GroqConfig(replies=[REPLY], transcripts=["What is", ASKED])
+        prompts: list[list[dict[str, str]]] = []
+
+        def reply(messages: list[dict[str, str]]) -> str:
+            prompts.append(messages)
+            return REPLY
+
+        groq = GroqConfig(reply_fn=reply, transcripts=["What is", ASKED])
         with fakes(monkeypatch, groq=groq) as f:
             async with conversation(GRAPH, AGENT) as c:
                 # A pause longer than the VAD's but shorter than the end-of-turn silence: the held
@@ -74,6 +80,10 @@ def test_a_held_reply_is_dropped_unheard_when_the_user_goes_on(monkeypatch: pyte
                 assert len({m["audio_event"]["event_id"] for m, _ in audio}) == 1
             chats = f.groq.of("/chat/completions")
             assert len(chats) == 2, "the held reply's request, then the turn's"
+            # The dropped turn and its unheard reply are not in the history the real turn is asked with.
+            users = [m["content"] for m in prompts[-1] if m["role"] == "user"]
+            assert users == [ASKED], prompts[-1]
+            assert not [m for m in prompts[-1] if m["role"] == "assistant"], prompts[-1]
             assert held >= 1, "the held reply was being synthesised"
             closes = [m for m in f.tts.connections[0].messages if m.get("close_context")]
             assert closes, "the dropped reply's context was closed"
