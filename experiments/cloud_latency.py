@@ -547,7 +547,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax1.scatter([i], [summary[n]["latency_ms"]["mean"]], marker="D", color="tab:red", zorder=3)
     ax1.axhline(600, ls="--", color="tab:green", lw=1, label="goal mean 600 ms")
     ax1.axhline(900, ls=":", color="tab:orange", lw=1, label="goal p99 900 ms")
-    ax1.set_xticks(range(len(names)), names)
+    ax1.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax1.set_ylabel("response latency (ms), whiskers p1–p99, ◆ mean")
     ax1.legend(loc="upper right", fontsize=8)
     ax1.set_title("End of user speech → first agent audio")

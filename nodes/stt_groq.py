@@ -17,7 +17,10 @@ for the utterance so far goes out at once, while the silence is still being time
 as a *tentative* transcript (``final=False``: the client sees ``tentative_user_transcript``, and an
 LLM node with a ``preview`` input may start its reply early), and it becomes the final transcript when
 the endpoint is confirmed. If speech resumes first, the early request is cancelled (or its answer
-dropped) and the merged utterance is sent at its next end.
+dropped) and the merged utterance is sent at its next end. With ``early_ms``, the request goes out
+sooner still: once the VAD's scores have stayed below ``voiced_score`` that long after speech, before
+the VAD's own hysteresis (``min_silence_ms``) confirms the end; a voiced window after it cancels that
+request (the pause was inside the sentence) and the next pause asks again.
 
 **Faults.** The SDK retries 429 (honouring ``retry-after``), 5xx and connection errors, at most
 ``max_retries`` times: a transcription is idempotent. Every request has a deadline
