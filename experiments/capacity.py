@@ -121,6 +121,7 @@ class Level:
     end: float = 0.0
     cpu_s: float = 0.0
     client_cpu_s: float = 0.0
+    fakes_cpu_s: float = 0.0
     rss_before_mb: float = 0.0
     rss_peak_mb: float = 0.0
     runs: list[SessionRun] = field(default_factory=list)
@@ -197,6 +198,7 @@ def summarise_level(level: Level, lag: dict[str, list[float]], rss_idle_mb: floa
         "server_cores_used": round(level.cpu_s / wall, 3) if wall else None,
         "server_cpu_ms_per_session_s": round(1000 * level.cpu_s / audio_s, 2) if audio_s else None,
         "client_cores_used": round(level.client_cpu_s / wall, 3) if wall else None,
+        "fake_providers_cores_used": round(level.fakes_cpu_s / wall, 3) if wall else None,
         "server_rss_before_mb": round(level.rss_before_mb, 1),
         "server_rss_peak_mb": round(level.rss_peak_mb, 1),
         "mb_per_session": round((level.rss_peak_mb - rss_idle_mb) / level.sessions, 3),
@@ -205,6 +207,26 @@ def summarise_level(level: Level, lag: dict[str, list[float]], rss_idle_mb: floa
         "failed_sessions": failures[:5],
         "turns_without_reply": no_reply,
     }
+
+
+def use_speech(wav: Path) -> None:
+    """Clients say the speech of ``wav`` (its voiced part, per tests/fixtures/audio/transcripts.json)
+    instead of a tone: Silero VAD (graphs/cloud.yaml) hears speech, not a sine. protocol_load's client
+    takes its audio from ``_chunks()``; this process swaps that one function."""
+    import wave
+
+    import experiments.protocol_load as pl
+
+    with wave.open(str(wav)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2), wav
+        pcm = w.readframes(w.getnframes())
+    spans = json.loads((wav.parent / "transcripts.json").read_text()).get(wav.name, {}).get("speech")
+    if spans:
+        a, b = spans[0][0], spans[-1][1]
+        pcm = pcm[int(a * 16000) * 2 : int(b * 16000) * 2]
+    step = pl.CHUNK_BYTES
+    chunks = [pcm[i : i + step].ljust(step, b"\0") for i in range(0, len(pcm), step)]
+    pl._chunks = lambda: (chunks, bytes(step))
 
 
 async def hammer_excess(url: str, level: Level, rate: float) -> None:
@@ -227,7 +249,8 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
     env = {**os.environ, **dict(kv.split("=", 1) for kv in args.env)}
     fakes = None
     if args.fakes:  # the cloud graph's providers, faked in a process of their own
-        fakes, fake_env = await start_fakes(FakeSettings(), tmp / "fakes.json")
+        settings = FakeSettings() if args.provider_spread else FakeSettings().fixed()
+        fakes, fake_env = await start_fakes(settings, tmp / "fakes.json")
         env.update(fake_env)
     with server_log.open("wb") as log_f:
         server = await asyncio.create_subprocess_exec(
@@ -279,6 +302,7 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
 
                 watcher = asyncio.get_running_loop().create_task(watch_rss())
                 cpu0, ccpu0 = proc_cpu_s(server.pid), time.process_time()
+                fcpu0 = proc_cpu_s(fakes.pid) if fakes is not None else 0.0
                 level.start = now()
                 t0 = level.start + 0.05
                 stagger = args.stagger_s / n if n > 1 else 0.0
@@ -304,6 +328,7 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
                 level.end = now()
                 level.cpu_s = proc_cpu_s(server.pid) - cpu0
                 level.client_cpu_s = time.process_time() - ccpu0
+                level.fakes_cpu_s = proc_cpu_s(fakes.pid) - fcpu0 if fakes is not None else 0.0
                 watcher.cancel()
                 levels.append(level)
                 await asyncio.sleep(args.pause_s)  # the server winds the sessions down between levels
@@ -446,6 +471,18 @@ def main() -> None:
         action="store_true",
         help="start the fake Groq and ElevenLabs servers and point the server at them (graphs/cloud.yaml)",
     )
+    parser.add_argument(
+        "--speech",
+        type=Path,
+        help="a 16 kHz WAV the clients say each turn (default with --fakes: tests/fixtures/audio/user_01.wav; "
+        "otherwise a 1 s tone, which the energy VAD of the scripted graph hears)",
+    )
+    parser.add_argument(
+        "--provider-spread",
+        action="store_true",
+        help="fake providers with their log-normal spread (default: fixed at the medians, so that "
+        "what differs between levels is what load adds)",
+    )
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server process")
     parser.add_argument(
         "--profile", type=Path, help="diagnosis: cProfile the server process into this file (slows it down)"
@@ -468,6 +505,10 @@ def main() -> None:
     if args.levels[0] != 1:
         args.levels.insert(0, 1)  # the 1-session level is the baseline every other level is compared with
     console = Console()
+    if args.speech is None and args.fakes:
+        args.speech = ROOT / "tests" / "fixtures" / "audio" / "user_01.wav"
+    if args.speech is not None:
+        use_speech(args.speech)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     machine = machine_info()
     t0 = time.monotonic()
@@ -490,7 +531,10 @@ def main() -> None:
             "graph": str(graph.relative_to(ROOT)) if graph.is_relative_to(ROOT) else str(graph),
             "stagger_s": args.stagger_s,
             "compression": args.compression,
-            "fakes": FakeSettings().__dict__ if args.fakes else None,
+            "fakes": (FakeSettings() if args.provider_spread else FakeSettings().fixed()).__dict__
+            if args.fakes
+            else None,
+            "speech": str(args.speech) if args.speech else "1 s tone",
             "admission_limit": args.admission,
             "excess_rate": args.excess_rate,
         },

@@ -7,9 +7,10 @@ the caller points ``ah`` at them with ``GROQ_BASE_URL`` / ``ELEVENLABS_BASE_URL`
 ``graphs/cloud.yaml`` reads). At SIGTERM the child writes what it injected (faults per kind, requests,
 generations) to a JSON file.
 
-Latencies (median:p95 ms, log-normal) default to published figures for the providers the cloud graph
-names: Groq Whisper large-v3-turbo ~200 ms a request plus audio/216, Groq llama-3.1-8b-instant ~180 ms to
-the first token and ~1.5 ms a token, ElevenLabs Flash v2.5 ~150 ms to first audio, ~100 ms to connect.
+Latencies (median:p95 ms, log-normal) are the published figures ``experiments/cloud_latency.py`` uses
+(its docstring cites the sources): Groq Whisper 190:280 ms a request plus audio/216, Groq Llama 3.1 8B
+120:250 ms to the first token and 1.7 ms a word, ElevenLabs Flash 135:250 ms to first audio and
+150:400 ms to connect.
 """
 
 from __future__ import annotations
@@ -29,13 +30,23 @@ SELF = str(Path(__file__).resolve())
 
 @dataclass
 class FakeSettings:
-    groq_ttft: str = "180:350"
-    groq_token_gap: str = "1.5"
-    groq_stt: str = "200:400"
-    tts_connect: str = "100:200"
-    tts_ttfa: str = "150:300"
+    groq_ttft: str = "120:250"
+    groq_token_gap: str = "1.7"
+    groq_stt: str = "190:280"
+    tts_connect: str = "150:400"
+    tts_ttfa: str = "135:250"
     groq_faults: str = ""  # e.g. "500=0.01,disconnect=0.002"
     tts_faults: str = ""
+
+    def fixed(self) -> FakeSettings:
+        """The same medians without the spread: for comparing load levels, where a log-normal tail would
+        make p99 differ between levels by sampling alone."""
+        m = {
+            k: v.split(":")[0]
+            for k, v in self.__dict__.items()
+            if k.startswith(("groq_t", "groq_s", "tts_c", "tts_t"))
+        }
+        return FakeSettings(**{**self.__dict__, **m})
 
     def argv(self) -> list[str]:
         return [self.groq_ttft, self.groq_token_gap, self.groq_stt, self.tts_connect, self.tts_ttfa,

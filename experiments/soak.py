@@ -141,6 +141,21 @@ def _audio_messages() -> tuple[list[str], str]:
 BURST, SILENCE = _audio_messages()
 
 
+def use_speech(wav: Path) -> None:
+    """Turns say the voiced part of ``wav`` (Silero VAD in graphs/cloud.yaml hears speech, not a tone)."""
+    import wave
+
+    global BURST
+    with wave.open(str(wav)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2), wav
+        pcm = w.readframes(w.getnframes())
+    spans = json.loads((wav.parent / "transcripts.json").read_text()).get(wav.name, {}).get("speech")
+    if spans:
+        pcm = pcm[int(spans[0][0] * SR) * 2 : int(spans[-1][1] * SR) * 2]
+    chunks = [pcm[i : i + CHUNK_BYTES].ljust(CHUNK_BYTES, b"\0") for i in range(0, len(pcm), CHUNK_BYTES)]
+    BURST = [json.dumps({"user_audio_chunk": base64.b64encode(c).decode("ascii")}) for c in chunks]
+
+
 async def conversation(
     url: str,
     name: str,
@@ -449,10 +464,19 @@ def main() -> None:
     # ~375 turns a minute at 50 sessions, ~3 provider requests a turn: 0.001 is a drop every few minutes.
     parser.add_argument("--groq-faults", default="500=0.01,disconnect=0.001")
     parser.add_argument("--tts-faults", default="disconnect=0.001")
+    parser.add_argument(
+        "--speech",
+        type=Path,
+        help="16 kHz WAV each turn says (default with --fakes: tests/fixtures/audio/user_01.wav; else a tone)",
+    )
     parser.add_argument("--name", default="soak")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON and the plot go")
     args = parser.parse_args()
     console = Console()
+    if args.speech is None and args.fakes:
+        args.speech = ROOT / "tests" / "fixtures" / "audio" / "user_01.wav"
+    if args.speech is not None:
+        use_speech(args.speech)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     machine = machine_info()
     t0 = time.monotonic()
@@ -483,6 +507,12 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out, png = args.out_dir / f"{args.name}.json", args.out_dir / f"{args.name}.png"
     plot(result, png, f"soak: {args.sessions} sessions, {args.minutes:g} min, {doc['config']['graph']}")
+    # The plot has every point; the JSON keeps per-minute latency p99s and the series every 5 s.
+    doc["series"] = {
+        k: [[round(t, 1), round(x, 1)] for t, x in v[::5]]
+        for k, v in result["series"].items()
+        if k != "latency"
+    }
     out.write_text(json.dumps(doc, indent=1) + "\n")
     keys = ("sessions_started", "turns", "replies", "turns_answered_by_error", "hung_turns",
             "client_disconnects_injected", "failed_sessions", "response_latency_ms", "rss_mb",

@@ -8,6 +8,9 @@ Not a node type. The provider nodes (``stt.groq``, ``llm.groq``, ``llm.openai_co
   with a message that names the node and the variable.
 * **Every provider call has a deadline** (:func:`deadline`), beyond the SDK's own per-request
   timeout, because an SDK may retry (and sleep ``retry-after``) inside one call.
+* **One TLS context per process** (:func:`tls_context`): loading the CA bundle costs ~20 ms of CPU,
+  and the SDKs do it for every client they make, i.e. for every session, on the event loop; shared,
+  it is paid once (experiments/capacity.py found it was a fifth of the server's CPU at 40 sessions).
 * **A failed call is an event, not a crash**: :func:`error_frame` makes the ``error`` control frame
   that ``protocol_out`` sends to the client, naming the node and the provider's own message; the
   session and the conversation go on.
@@ -16,8 +19,10 @@ Not a node type. The provider nodes (``stt.groq``, ``llm.groq``, ``llm.openai_co
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +30,14 @@ from typing import Any
 import httpx
 
 from ah.runtime.sdk import ControlFrame, DoctorCheck
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The process's one client TLS context, as httpx would make it (certifi, SSL_CERT_FILE/DIR).
+
+    An ``SSLContext`` is safe to share between connections; only making one is expensive."""
+    return httpx.create_ssl_context()
 
 
 class MissingKey(RuntimeError):

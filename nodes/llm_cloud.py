@@ -39,7 +39,15 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import Field
 
-from ah.nodes.cloud import Deadline, describe, error_frame, key_check, models_check, require_key
+from ah.nodes.cloud import (
+    Deadline,
+    describe,
+    error_frame,
+    key_check,
+    models_check,
+    require_key,
+    tls_context,
+)
 from ah.runtime.sdk import (
     ControlFrame,
     DoctorCheck,
@@ -473,7 +481,11 @@ class GroqLlm(_ChatLlm):
 
         p = self.params
         return groq.AsyncGroq(
-            api_key=key, base_url=p.base_url, max_retries=p.max_retries, timeout=self.timeout()
+            api_key=key,
+            base_url=p.base_url,
+            max_retries=p.max_retries,
+            timeout=self.timeout(),
+            http_client=groq.DefaultAsyncHttpxClient(verify=tls_context()),  # no CA loading per session
         )
 
     @classmethod

@@ -44,7 +44,7 @@ import groq
 import httpx
 from pydantic import Field
 
-from ah.nodes.cloud import describe, error_frame, key_check, models_check, require_key
+from ah.nodes.cloud import describe, error_frame, key_check, models_check, require_key, tls_context
 from ah.runtime.sdk import (
     AudioFrame,
     ControlFrame,
@@ -195,6 +195,7 @@ class GroqStt(Node[GroqSttParams]):
             base_url=p.base_url,
             max_retries=p.max_retries,
             timeout=httpx.Timeout(p.timeout_s, connect=min(5.0, p.timeout_s)),
+            http_client=groq.DefaultAsyncHttpxClient(verify=tls_context()),  # no CA loading per session
         )
 
     @classmethod

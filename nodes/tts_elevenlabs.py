@@ -46,7 +46,7 @@ from pydantic import Field
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from ah.nodes.cloud import error_frame, key_check, require_key
+from ah.nodes.cloud import error_frame, key_check, require_key, tls_context
 from ah.nodes.tts_stream import TextSplitter
 from ah.runtime.sdk import (
     Alignment,
@@ -234,7 +234,12 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
         try:
             ws = await asyncio.wait_for(
                 connect(
-                    self.url(), additional_headers={"xi-api-key": self._key}, max_size=None, ping_interval=20
+                    url := self.url(),
+                    additional_headers={"xi-api-key": self._key},
+                    max_size=None,
+                    ping_interval=20,
+                    # wss: the process's TLS context, not a new one (CA loading) per connection
+                    ssl=tls_context() if url.startswith("wss") else None,
                 ),
                 self.params.connect_timeout_s,
             )

@@ -103,3 +103,24 @@ def test_the_readme_explains_the_figures_it_uses() -> None:
     text = (K8S / "README.md").read_text()
     for needed in ("AH_MAX_SESSIONS", ACTIVE_SESSIONS_GAUGE, "/readyz", "preStop", "experiments/capacity.py"):
         assert needed in text, needed
+
+
+def test_the_autoscaling_gauge_is_on_metrics() -> None:
+    """The HPA's metric exists where the Deployment's annotations say Prometheus scrapes it."""
+    import asyncio
+
+    import httpx
+
+    from tests.server_helpers import open_conversation, serving, wait_for, ws_url
+
+    async def main() -> None:
+        async with serving() as server, httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http:
+            ws = await open_conversation(ws_url(server.port))
+            await wait_for(lambda: len(server.sessions) == 1, what="the session")
+            page = (await http.get(resources()["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+                                   ["prometheus.io/path"])).text  # fmt: skip
+            lines = [line for line in page.splitlines() if line.startswith(ACTIVE_SESSIONS_GAUGE + " ")]
+            assert lines and float(lines[0].split()[1]) == 1.0, page[:2000]
+            await ws.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
