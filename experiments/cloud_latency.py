@@ -3,7 +3,7 @@ Groq and ElevenLabs servers made as slow as the real services are published to b
 client that streams recorded speech in real time over the ElevenLabs Agents WebSocket.
 
 Run: ``.venv/bin/python experiments/cloud_latency.py`` (52 turns per variant, 4 conversations at a
-time, 4 variants: about 6 minutes). ``--turns 8`` for a quick look.
+time, 7 variants: about 10 minutes). ``--turns 8`` for a quick look.
 
 **What is measured.** Response latency per turn (ARCHITECTURE.md §5): from the end of the user's
 speech (when the chunk holding the last voiced sample, per ``tests/fixtures/audio/transcripts.json``,
@@ -48,7 +48,14 @@ difference between neighbours is what that overlap buys:
   +spec_stt     STT starts at each tentative end of speech (``stt.speculative``)
   +preempt_llm  the LLM starts on that tentative transcript (``llm.preemptive``)
   +warm_tts     the TTS socket is open and its context initialised before the reply (``tts.warm``)
-                = graphs/cloud.yaml as shipped
+                (graphs/cloud.yaml until the held reply; ``turn_policy.silence``)
+  +early_stt    the STT request goes out when the VAD's scores drop (``stt.early_ms: 32``), before
+                the VAD confirms the end of speech (its 160 ms ``min_silence_ms``)
+  +held_reply   the turn policy starts the reply on the tentative transcript, held (paused scope):
+                the LLM streams and the TTS synthesises before the turn commits; released at the
+                commit, dropped unheard if the user goes on (``turn_policy.overlap_aware``,
+                ``preemptive: true``) = graphs/cloud.yaml as shipped
+  held_only     off the chain: the held reply without the early STT request (against +warm_tts)
 
 Results: ``experiments/results/cloud_latency.json`` and ``cloud_latency.png``.
 """
@@ -114,12 +121,28 @@ REPLIES = {
     "I would like to order a large pizza with mushrooms.": "A large mushroom pizza it is. It will be there in thirty minutes.",
 }
 
+SILENCE_TURN = {"type": "turn_policy.silence", "endpoint_silence_ms": 400, "barge_in_min_speech_ms": 300}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    "baseline": {"stt": {"speculative": False}, "llm": {"preemptive": False}, "tts": {"warm": False}},
-    "+spec_stt": {"stt": {"speculative": True}, "llm": {"preemptive": False}, "tts": {"warm": False}},
-    "+preempt_llm": {"stt": {"speculative": True}, "llm": {"preemptive": True}, "tts": {"warm": False}},
-    "+warm_tts": {},  # graphs/cloud.yaml as it is
+    "baseline": {
+        "stt": {"speculative": False, "early_ms": 0},
+        "turn": SILENCE_TURN,
+        "llm": {"preemptive": False},
+        "tts": {"warm": False},
+    },
+    "+spec_stt": {
+        "stt": {"early_ms": 0},
+        "turn": SILENCE_TURN,
+        "llm": {"preemptive": False},
+        "tts": {"warm": False},
+    },
+    "+preempt_llm": {"stt": {"early_ms": 0}, "turn": SILENCE_TURN, "tts": {"warm": False}},
+    "+warm_tts": {"stt": {"early_ms": 0}, "turn": SILENCE_TURN},
+    "+early_stt": {"turn": SILENCE_TURN},
+    "+held_reply": {},  # graphs/cloud.yaml as it is
+    # Off the chain: the held reply without the early STT request (compared with +warm_tts).
+    "held_only": {"stt": {"early_ms": 0}},
 }
+BASE_OF = {"held_only": "+warm_tts"}
 MARKS = [
     "stt_request",
     "stt_done",
@@ -168,7 +191,10 @@ def write_variant(directory: Path, name: str, overrides: dict[str, dict[str, Any
     agent = "cloud_" + re.sub(r"\W", "", name) if overrides else "cloud"
     lines = [f"extends: {GRAPH}", f"graph: {agent}", "nodes:"]
     for node, params in overrides.items():
-        lines.append(f"  {node}: {{params: {json.dumps(params)}}}")
+        params = dict(params)
+        kind = params.pop("type", None)  # another node type replaces the node (its params with it)
+        head = f"type: {kind}, " if kind else ""
+        lines.append(f"  {node}: {{{head}params: {json.dumps(params)}}}")
     if not overrides:
         lines = [f"extends: {GRAPH}", "graph: cloud"]
     path = directory / f"{agent}.yaml"
@@ -472,6 +498,7 @@ def run_variant(
             "tts_connections": len(tts.connections),
             "stt_requests": len(groq.of("/transcriptions")),
             "llm_requests": len(groq.of("/chat/completions")),
+            "tts_generations": len(tts.generations),
             "server_errors": [ln for ln in log.splitlines() if "Traceback" in ln or "failed" in ln][:5],
         }
         return turns, info
@@ -520,7 +547,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax1.scatter([i], [summary[n]["latency_ms"]["mean"]], marker="D", color="tab:red", zorder=3)
     ax1.axhline(600, ls="--", color="tab:green", lw=1, label="goal mean 600 ms")
     ax1.axhline(900, ls=":", color="tab:orange", lw=1, label="goal p99 900 ms")
-    ax1.set_xticks(range(len(names)), names)
+    ax1.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax1.set_ylabel("response latency (ms), whiskers p1–p99, ◆ mean")
     ax1.legend(loc="upper right", fontsize=8)
     ax1.set_title("End of user speech → first agent audio")
@@ -608,10 +635,17 @@ def main() -> None:
             ),
         )
     console.print(table)
-    names = list(summary)
-    for a, b in itertools.pairwise(names):
-        d = summary[a]["latency_ms"]["mean"] - summary[b]["latency_ms"]["mean"]
-        console.print(f"  {b:>13} buys {d:6.0f} ms of mean latency over {a}")
+    chain = [n for n in summary if n not in BASE_OF]
+    pairs = [*itertools.pairwise(chain), *((BASE_OF[n], n) for n in summary if n in BASE_OF)]
+    for a, b in pairs:
+        if a in summary and b in summary:
+            d = summary[a]["latency_ms"]["mean"] - summary[b]["latency_ms"]["mean"]
+            console.print(f"  {b:>13} buys {d:6.0f} ms of mean latency over {a}")
+    for n, info in infos.items():
+        console.print(
+            f"  {n:>13}: {info['stt_requests']} STT, {info['llm_requests']} LLM requests, "
+            f"{info['tts_generations']} TTS generations for {summary[n]['turns']} turns"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     png = args.out.with_suffix(".png")
     plot(summary, png)

@@ -56,6 +56,8 @@ from ah.runtime.sdk import (
     Output,
     Params,
     ReplyTextFrame,
+    Scope,
+    ScopeState,
     SessionEvent,
     TranscriptFrame,
     UserTurnFrame,
@@ -161,6 +163,8 @@ class _ChatLlm(Node[ChatLlmParams]):
         self._spec: _Job | None = None
         self._last_turn = ""
         self._client: Any = None
+        self._held: dict[int, int] = {}  # scope of a held (preemptive) turn -> history length before it
+        self._dropped: set[int] = set()
 
     # -- the provider -----------------------------------------------------------------------------------------
     def make_client(self, key: str) -> Any:
@@ -181,6 +185,7 @@ class _ChatLlm(Node[ChatLlmParams]):
 
     async def run(self) -> None:
         self._floor = asyncio.Lock()
+        self.ctx.scopes.observe(self._on_scope)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._event_loop())
@@ -223,6 +228,20 @@ class _ChatLlm(Node[ChatLlmParams]):
             self._spec = self._start(text)
             self.ctx.emit(SessionEvent("llm_preemptive_start", data={"text": text}))
 
+    def _on_scope(self, s: Scope) -> None:
+        """A held turn's fate: released (resumed), it stays in the history; dropped (cancelled while
+        still held: the user went on), it leaves no trace there, since the turn never happened."""
+        start = self._held.get(s.id)
+        if start is None:
+            return
+        if s.state is ScopeState.ACTIVE:
+            del self._held[s.id]
+        elif s.state is ScopeState.CANCELLED:
+            del self._held[s.id]
+            del self.history[start:]
+            self._dropped.add(s.id)
+            self._last_turn = ""
+
     async def _turn_loop(self) -> None:
         async for turn in self.turns:
             await self.ctx.scopes.run_in(turn.scope, self._answer(turn))
@@ -264,6 +283,8 @@ class _ChatLlm(Node[ChatLlmParams]):
                 self._system = await self._fill(self.params.system_prompt)
             text = turn.text.strip()
             self._last_turn = text
+            if turn.held:
+                self._held[turn.scope] = len(self.history)
             spec, self._spec = self._spec, None
             t_turn = time.perf_counter()
             if spec is not None and spec.text == text and spec.history_len == len(self.history):
@@ -278,7 +299,7 @@ class _ChatLlm(Node[ChatLlmParams]):
                 await self._relay(job, turn.scope, said, t_turn, preempted)
             finally:
                 job.cancel()  # a barge-in: the stream closes and the provider stops
-                if said:
+                if said and turn.scope not in self._dropped:
                     self.history.append({"role": "assistant", "content": "".join(said)})
 
     def _start(self, text: str) -> _Job:

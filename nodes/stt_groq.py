@@ -17,7 +17,10 @@ for the utterance so far goes out at once, while the silence is still being time
 as a *tentative* transcript (``final=False``: the client sees ``tentative_user_transcript``, and an
 LLM node with a ``preview`` input may start its reply early), and it becomes the final transcript when
 the endpoint is confirmed. If speech resumes first, the early request is cancelled (or its answer
-dropped) and the merged utterance is sent at its next end.
+dropped) and the merged utterance is sent at its next end. With ``early_ms``, the request goes out
+sooner still: once the VAD's scores have stayed below ``voiced_score`` that long after speech, before
+the VAD's own hysteresis (``min_silence_ms``) confirms the end; a voiced window after it cancels that
+request (the pause was inside the sentence) and the next pause asks again.
 
 **Faults.** The SDK retries 429 (honouring ``retry-after``), 5xx and connection errors, at most
 ``max_retries`` times: a transcription is idempotent. Every request has a deadline
@@ -68,6 +71,17 @@ class GroqSttParams(Params):
     api_key_env: str = Field("GROQ_API_KEY", description="Environment variable that holds the API key.")
     speculative: bool = Field(
         True, description="Transcribe at each tentative end of speech; redo it if speech resumes."
+    )
+    early_ms: int = Field(
+        0,
+        ge=0,
+        le=2000,
+        description="With speculative: also start the request once the VAD's scores have stayed below "
+        "voiced_score this long after speech, before the VAD confirms the end of speech (0: at its "
+        "confirmation only). Earlier transcripts, more requests (a pause inside a sentence costs one).",
+    )
+    voiced_score: float = Field(
+        0.5, gt=0, lt=1, description="A VAD score at or above this marks a voiced window (for early_ms)."
     )
     endpoint_silence_ms: int = Field(
         300, ge=0, le=5000, description="Silence that closes an utterance. Keep ≤ the turn policy's."
@@ -204,6 +218,7 @@ class GroqStt(Node[GroqSttParams]):
         self._speaking = False
         self._deadline: float | None = None
         self._vad_t = 0.0
+        self._last_voiced = 0.0
         self._job: asyncio.Task[Recognition] | None = None
         try:
             async with asyncio.TaskGroup() as tg:
@@ -225,11 +240,26 @@ class GroqStt(Node[GroqSttParams]):
         self._audio.finish()
 
     async def _vad_loop(self) -> None:
-        gap = self.params.endpoint_silence_ms / 1000
+        p = self.params
+        gap = p.endpoint_silence_ms / 1000
+        early = p.early_ms / 1000 if p.speculative and p.early_ms else None
         async for ev in self.vad:
             self._vad_t = max(self._vad_t, ev.t)
-            if ev.kind == "start":
+            if ev.kind == "score" and early is not None and self._speaking:
+                if ev.score >= p.voiced_score:
+                    self._last_voiced = ev.t
+                    if self._job is not None:  # the pause was inside the sentence: that guess is stale
+                        self._job.cancel()
+                        self._job = None
+                elif self._job is None and ev.t - self._last_voiced >= early - 1e-9:
+                    # A likely end of speech, before the VAD's hysteresis confirms it: ask now.
+                    start = self._utt_start or 0.0
+                    self._job = self._start(
+                        start, max(start, self._last_voiced), self._vad_t, speculative=True
+                    )
+            elif ev.kind == "start":
                 self._speaking = True
+                self._last_voiced = self._vad_t
                 self._deadline = None
                 if self._utt_start is None:
                     self._utt_start = ev.t
@@ -244,7 +274,7 @@ class GroqStt(Node[GroqSttParams]):
                 # the VAD's confirmation (``_vad_t``), the final transcript would come the VAD's
                 # hysteresis later than the turn policy's endpoint, and every turn would wait for it.
                 self._deadline = ev.t + gap
-                if self.params.speculative:
+                if self.params.speculative and self._job is None:  # (an early request may be out)
                     self._job = self._start(self._utt_start or 0.0, ev.t, self._vad_t, speculative=True)
             if self._deadline is not None and self._vad_t >= self._deadline - 1e-9:
                 self._close()

@@ -155,7 +155,9 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
 
     summary = "ElevenLabs TTS over multi-stream-input WebSocket: warm socket, a context per reply, alignment"
     params_model = ElevenLabsTtsParams
-    text = Input(ReplyTextFrame, doc="reply text: start / delta / stop")
+    # Runs ahead: a held (preemptive) reply is synthesised before the turn is confirmed; its audio waits
+    # at protocol_out, so it is heard the moment the reply is released, and never if it is dropped.
+    text = Input(ReplyTextFrame, doc="reply text: start / delta / stop", runs_ahead=True)
     speech = Output(SpeechFrame, doc="16 kHz PCM16 speech chunks with text and character alignment")
     errors = Output(ControlFrame, doc="error events (a reply the service failed to speak)")
 

@@ -26,8 +26,9 @@ default wait is ``endpoint_silence_ms``; ``turn_policy.smart_turn`` asks its mod
 
 **Preemptive generation** (``preemptive: true``): when speech has ended and its transcript is in but
 the end-of-turn silence is still being timed, the reply starts at once in a *paused* scope, so the LLM
-(and everything the runtime lets run under a paused scope) works ahead while nothing reaches the
-listener. If the turn then ends with the same text, the scope is resumed (the reply is already under
+(and every input declared ``runs_ahead``, such as ``tts.elevenlabs``'s text) works ahead while nothing
+reaches the listener. A *tentative* transcript (an STT's speculative result, ``final=False``, which
+``stt.groq`` sends at each tentative end of speech) starts it as well, before the final one. If the turn then ends with the same text, the scope is resumed (the reply is already under
 way); if the user goes on, or the turn's text grows, the scope is cancelled and its work dropped. A
 reply to a turn that was not final is never heard.
 
@@ -176,6 +177,9 @@ class OverlapAwareBase(Node[Any]):
         self._last_speech_end = 0.0
         self._utt_start: float | None = None  # audio time the current user utterance began
         self._preempt: tuple[int, str] | None = None  # a held reply started on a tentative end of turn
+        self._early: TranscriptFrame | None = (
+            None  # a tentative transcript from before the VAD's end of speech
+        )
         self._last_voiced = -1.0  # audio time of the latest voiced VAD window
         self._scores_seen = False
         async with asyncio.TaskGroup() as tg:
@@ -226,6 +230,7 @@ class OverlapAwareBase(Node[Any]):
         tg = self._tg
         self._speaking = True
         self._cancel(self._endpoint)
+        self._early = None
         self._drop_preempt("speech resumed")
         if self._utt_start is None:
             self._utt_start = ev.t
@@ -252,6 +257,11 @@ class OverlapAwareBase(Node[Any]):
         self.report("speech_end", audio_t=ev.t)
         tg = self._tg
         self._endpoint = tg.create_task(self._endpoint_after_silence(ev.t, already))
+        early, self._early = self._early, None
+        # Only if no voiced window came after the audio it transcribed (else it was a pause inside the
+        # sentence, and the STT asks again).
+        if early is not None and self._overlap is None and early.t_end >= self._last_voiced - 1e-6:
+            tg.create_task(self._start_preempt(early.text.strip()))
         ov = self._overlap
         if ov is not None:
             self._cancel(ov.commit_timer)
@@ -262,6 +272,7 @@ class OverlapAwareBase(Node[Any]):
     async def _transcript_loop(self) -> None:
         async for tr in self.transcripts:
             if not tr.final:
+                await self._on_tentative(tr)
                 continue
             text = tr.text.strip()
             ov = self._overlap
@@ -355,9 +366,29 @@ class OverlapAwareBase(Node[Any]):
         self.report("end_of_turn", scope=scope, text=text, audio_t=self._last_speech_end)
         await self.turns.send(UserTurnFrame(text, scope=scope, t_end_of_speech=self._last_speech_end))
 
-    async def _start_preempt(self) -> None:
+    async def _on_tentative(self, tr: TranscriptFrame) -> None:
+        """A tentative transcript (an STT's speculative result at a tentative end of speech, before its
+        final one): with ``preemptive``, the held reply starts on it, so it is not the final transcript
+        but this earlier one that starts the LLM (and the TTS, which runs ahead of a paused scope). The
+        final transcript, if it says the same, then finds the reply under way."""
+        text = tr.text.strip()
+        if not (self.params.preemptive and text) or self._overlap is not None:
+            return
+        if self._speaking:
+            # An STT that asks before the VAD has confirmed the end of speech (stt.groq's early_ms):
+            # kept for that end, and dropped if speech starts again first.
+            self._early = tr
+            return
+        not_a_turn = is_backchannel(text, self.params.backchannels) or (
+            len(words_of(text)) < self.params.interrupt_min_words
+        )
+        if not_a_turn and tr.t_start <= self._resumed_upto + 1e-6:
+            return  # a burst the reply already resumed after: its final will not make a turn either
+        await self._start_preempt(text)
+
+    async def _start_preempt(self, tentative: str | None = None) -> None:
         """A tentative end of turn: start the reply now, held until the turn is final."""
-        text = " ".join(self._pending)
+        text = " ".join([*self._pending, tentative] if tentative else self._pending)
         if self._preempt is not None and self._preempt[1] == text:
             return
         self._drop_preempt("the turn grew")
@@ -365,7 +396,9 @@ class OverlapAwareBase(Node[Any]):
         scope = scopes.open("reply")
         self._preempt = (scope, text)
         self.report("preempt", scope=scope, text=text)
-        await self.turns.send(UserTurnFrame(text, scope=scope, t_end_of_speech=self._last_speech_end))
+        await self.turns.send(
+            UserTurnFrame(text, scope=scope, t_end_of_speech=self._last_speech_end, held=True)
+        )
         # Pause it once the LLM has taken the turn (a paused frame would wait in the LLM's input): from
         # then on everything it makes is held, and protocol_out sends nothing of a paused reply.
         s = scopes.get(scope)

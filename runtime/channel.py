@@ -81,6 +81,7 @@ class Channel(Generic[F]):
         scopes: ScopeRegistry | None = None,
         producers: int = 1,
         name: str = "",
+        hold_paused: bool = True,
     ) -> None:
         if capacity < 1:
             raise ValueError("channel capacity must be at least 1")
@@ -95,7 +96,8 @@ class Channel(Generic[F]):
         self._closed = producers == 0
         self._detached = False
         if scopes is not None:
-            self._paused = scopes.paused
+            # A channel that does not hold paused frames (an input that runs ahead) sees no scope paused.
+            self._paused = scopes.paused if hold_paused else set()
             self._cancelled = scopes.cancelled
             scopes.attach(self)
         else:

@@ -93,6 +93,10 @@ class UserTurnFrame(Frame):
     text: str
     typed: bool = False
     t_end_of_speech: float | None = None
+    #: A preemptive turn: its reply starts held (paused) before the turn is final, and is dropped (its
+    #: scope cancelled before it was ever resumed) if the user goes on; an LLM keeps a dropped one out
+    #: of its history.
+    held: bool = False
 
 
 @dataclass(slots=True)

@@ -35,6 +35,7 @@ class PortSpec:
     frame_type: type[Frame]
     required: bool
     doc: str
+    runs_ahead: bool = False  # frames of a paused scope are delivered anyway (see Input)
 
     @property
     def type_name(self) -> str:
@@ -42,12 +43,21 @@ class PortSpec:
 
 
 class Input(Generic[F]):
-    """Declares an input port. ``required`` inputs must be connected in every graph."""
+    """Declares an input port. ``required`` inputs must be connected in every graph.
 
-    def __init__(self, frame_type: type[F], *, required: bool = True, doc: str = "") -> None:
+    ``runs_ahead``: the port's channel delivers the frames of a *paused* scope too, so the node works
+    ahead on a held reply (a TTS synthesising a preemptive reply before the turn is confirmed); what it
+    makes is still held further down, at every input that does not run ahead (the one the client hears
+    from). A cancel purges the port's frames as usual.
+    """
+
+    def __init__(
+        self, frame_type: type[F], *, required: bool = True, doc: str = "", runs_ahead: bool = False
+    ) -> None:
         self.frame_type = frame_type
         self.required = required
         self.doc = doc
+        self.runs_ahead = runs_ahead
         self.name = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -55,7 +65,7 @@ class Input(Generic[F]):
 
     @property
     def spec(self) -> PortSpec:
-        return PortSpec(self.name, "in", self.frame_type, self.required, self.doc)
+        return PortSpec(self.name, "in", self.frame_type, self.required, self.doc, self.runs_ahead)
 
     @overload
     def __get__(self, obj: None, owner: type) -> Input[F]: ...

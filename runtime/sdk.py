@@ -18,7 +18,7 @@ from ah.runtime.frames import (
 )
 from ah.runtime.node import DoctorCheck, Node, NodeContext, Params, SessionEvent
 from ah.runtime.ports import Input, InputPort, Output, OutputPort
-from ah.runtime.scopes import ScopeRegistry, ScopeState
+from ah.runtime.scopes import Scope, ScopeRegistry, ScopeState
 
 __all__ = [
     "NO_SCOPE",
@@ -40,6 +40,7 @@ __all__ = [
     "OutputPort",
     "Params",
     "ReplyTextFrame",
+    "Scope",
     "ScopeRegistry",
     "ScopeState",
     "SessionEvent",

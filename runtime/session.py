@@ -107,6 +107,7 @@ class Session:
                     scopes=self.scopes,
                     producers=producers.get((nid, pname), 0),  # unconnected: closed from the start
                     name=f"{nid}.{pname}",
+                    hold_paused=not rnode.cls.inputs[pname].runs_ahead,
                 )
                 self.channels[ch.name] = ch
                 ports[nid][pname] = InputPort(pname, ch)

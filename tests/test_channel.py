@@ -392,3 +392,24 @@ def test_property_block_edges_deliver_every_frame_once_in_per_producer_order(
     assert set(got) == expected  # ... nothing lost ...
     for p in range(len(producers)):  # ... and each producer's frames arrive in the order it sent them
         assert [i for q, i in got if q == p] == list(range(len(producers[p])))
+
+
+def test_a_channel_that_runs_ahead_delivers_a_paused_scope_and_still_purges_a_cancelled_one() -> None:
+    """An input declared ``runs_ahead`` (a TTS working on a held reply) gets a paused scope's frames; a
+    holding channel beside it keeps them until the scope resumes; a cancel purges both."""
+
+    async def scenario() -> None:
+        scopes = ScopeRegistry()
+        ahead: Channel[TextFrame] = Channel(8, scopes=scopes, hold_paused=False)
+        held: Channel[TextFrame] = Channel(8, scopes=scopes)
+        s = scopes.open("reply")
+        scopes.pause(s)
+        for ch in (ahead, held):
+            await ch.put(TextFrame("a", scope=s))
+            await ch.put(TextFrame("b", scope=s))
+        assert (await ahead.get()).text == "a"
+        assert held.get_nowait() is None
+        scopes.cancel(s)
+        assert ahead.get_nowait() is None and held.get_nowait() is None
+
+    run(scenario())
