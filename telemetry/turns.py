@@ -179,8 +179,12 @@ class TurnTracker:
                 self.pending.speech_end = at
                 self.pending.vad_end_seen = now
             for turn in self.turns.values():
-                if turn.pause_at is not None and turn.reply_end is None:
+                if turn.reply_end is not None:
+                    continue
+                if turn.pause_at is not None:
                     turn.burst_end = at
+                else:
+                    turn.barge_in_onset = None  # the speech ended and the reply played on: no barge-in
 
     def _transcript(self, f: Frame, node_type: str) -> None:
         assert isinstance(f, TranscriptFrame)
@@ -289,6 +293,7 @@ class TurnTracker:
             since = turn.burst_end if turn.burst_end is not None else turn.pause_at
             turn.resumes_ms.append(round((now - since) * 1000, 3))
             turn.pause_at = None
+            turn.barge_in_onset = None  # that burst was not a barge-in
 
     # -- bookkeeping --------------------------------------------------------------------------------------
     def _register(self, turn: TurnRecord) -> None:
