@@ -25,6 +25,7 @@ from ah.runtime.frames import (
     Frame,
     InterruptionFrame,
     ReplyTextFrame,
+    SpeechFrame,
     TranscriptFrame,
     UserTurnFrame,
     VadFrame,
@@ -111,7 +112,9 @@ class TurnTracker:
             return self._user_turn
         if issubclass(ft, ReplyTextFrame):
             return lambda f: self._reply_text(f, node_type)
-        if issubclass(ft, AudioFrame):
+        if issubclass(ft, SpeechFrame):
+            # Agent speech only: ports typed plain AudioFrame carry the user's audio, 50 frames a second
+            # for the whole conversation, and nothing a turn needs from them.
             return lambda f: self._audio(f, node_type)
         if issubclass(ft, InterruptionFrame):
             return self._interruption

@@ -14,10 +14,10 @@ import pytest
 
 from ah.runtime.clock import VirtualClock
 from ah.runtime.frames import (
-    AudioFrame,
     ControlFrame,
     InterruptionFrame,
     ReplyTextFrame,
+    SpeechFrame,
     TranscriptFrame,
     UserTurnFrame,
     VadFrame,
@@ -91,7 +91,7 @@ class Rig:
         self.send("llm.text", ReplyTextFrame("", kind="start", scope=scope))
         self.send("llm.text", ReplyTextFrame("Sunny ", kind="delta", scope=scope))
         self.at(first_audio)
-        self.send("tts.speech", AudioFrame(bytes(640), scope=scope))
+        self.send("tts.speech", SpeechFrame(bytes(640), scope=scope))
         self.at(sent)
         self.event("reply_audio_started", scope=scope)
         self.send("llm.text", ReplyTextFrame("Sunny today.", kind="stop", scope=scope))
