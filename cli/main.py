@@ -507,9 +507,18 @@ def simulate(
         err.print("[red]error:[/] no scripts given (YAML files or folders of them)")
         raise typer.Exit(EXIT_USAGE)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = Table(
-        "scenario#step", "role", "latency ms", "premature", "barge-in ms", "paused", "resume ms", "cut off"
-    )
+    table = Table()
+    for col in (
+        "scenario#step",
+        "role",
+        "latency ms",
+        "premature",
+        "barge-in ms",
+        "paused",
+        "resume ms",
+        "cut off",
+    ):
+        table.add_column(col, no_wrap=True)
     done = 0
 
     def report(r: Any) -> None:

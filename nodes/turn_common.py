@@ -82,9 +82,13 @@ _NOISE_TAG = re.compile(r"[\[(\*][^\])\*]*[\])\*]")  # Whisper's "[coughing]", "
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 
 
+_STRETCHED = re.compile(r"([a-z])\1{2,}")  # "mmm", "hmmm", "ohhh": a held sound, spelt longer
+
+
 def words_of(text: str) -> list[str]:
-    """The spoken words of a transcript: lower case, punctuation and noise tags removed."""
-    return _WORD.findall(_NOISE_TAG.sub(" ", text.lower()))
+    """The spoken words of a transcript: lower case, punctuation and noise tags removed, held sounds
+    ("mmm", "hmmm") spelt short ("mm", "hmm")."""
+    return _WORD.findall(_STRETCHED.sub(r"\1\1", _NOISE_TAG.sub(" ", text.lower())))
 
 
 def is_backchannel(text: str, phrases: list[str]) -> bool:
@@ -285,6 +289,10 @@ class OverlapAwareBase(Node[Any]):
     async def _typed_loop(self) -> None:
         async for turn in self.typed:
             self._drop_preempt("typed turn")
+            if self._overlap is not None:  # a typed turn settles a pending interruption too
+                self._cancel(self._overlap.commit_timer)
+                self._cancel(self._overlap.resume_timer)
+                self._overlap = None
             await self._interrupt_live("typed")
             scope = self.ctx.scopes.open("reply")
             await self.turns.send(UserTurnFrame(turn.text, typed=True, scope=scope))

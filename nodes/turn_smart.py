@@ -32,7 +32,7 @@ from pydantic import Field
 from ah.nodes.inference import load_shared, ort_session, run_blocking
 from ah.nodes.model_store import require
 from ah.nodes.turn_common import OverlapAwareBase, OverlapParams
-from ah.runtime.sdk import AudioFrame, Input, Params
+from ah.runtime.sdk import AudioFrame, Input, Params, VirtualClock
 
 SR = 16000
 WINDOW_S = 8
@@ -67,8 +67,8 @@ class SmartTurnParams(OverlapParams):
     )
     inline: bool = Field(
         False,
-        description="Run the model on the event loop (~45 ms a call) instead of its thread pool; exact on "
-        "a virtual clock, for tests.",
+        description="Run the model on the event loop (~45 ms a call) instead of its thread pool (always so "
+        "on a virtual clock, where a thread hop would let simulated time run on).",
     )
     cpu_threads: int = Field(1, ge=1, le=16, description="ONNX Runtime intra-op threads.")
 
@@ -162,7 +162,8 @@ class SmartTurnPolicy(OverlapAwareBase):
     async def end_of_turn_wait(self, speech_end: float) -> float:
         audio = await self._utterance(speech_end)
         t = time.perf_counter()
-        if self.params.inline:
+        # On a virtual clock a hop to a thread would let simulated time run on while the model computes.
+        if self.params.inline or isinstance(self.ctx.clock, VirtualClock):
             prob = predict(self._model, audio)
         else:
             prob = await run_blocking(POOL, predict, self._model, audio)

@@ -80,6 +80,12 @@ class VirtualClock:
                 fut.set_result(None)
         self._now = max(self._now, t)
 
+    def close(self) -> None:
+        """Stop auto-advancing (the run on this clock is over). Two auto-advancing clocks left on one event
+        loop would each see the other's turns as "runnable" and neither would ever jump in time."""
+        if self._driver is not None and not self._driver.done():
+            self._driver.cancel()
+
     async def _drive(self) -> None:
         loop = asyncio.get_running_loop()
         # asyncio's loop exposes its ready queue; others (uvloop) do not, and then 50 yields stand in

@@ -102,10 +102,17 @@ class Timeline:
                 {"event_id": p.event_id, "start": r(p.start), "end": r(p.end)} for p in self.playout
             ],
             "messages": [{"t": r(t), "type": k, **d} for t, k, d in self.messages],
-            "server": [{"t": r(t), "event": k, **d} for t, k, d in self.server],
+            "server": [self._server_json(t, k, d) for t, k, d in self.server],
             "interruptions": {str(k): r(v) for k, v in self.interruptions.items()},
             "skipped_steps": self.skipped_steps,
         }
+
+    def _server_json(self, t: float, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        """A server event with its clock times made relative (``audio_t`` is audio time: kept as is)."""
+        out = {"event": kind, **data, "t": round(t - self.t0, 4)}
+        if isinstance(out.get("last_audio_t"), float):
+            out["last_audio_t"] = round(out["last_audio_t"] - self.t0, 4)
+        return out
 
 
 class Player:

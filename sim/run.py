@@ -15,6 +15,7 @@ timestamp is exact and repeatable, and a conversation takes milliseconds.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -135,6 +136,20 @@ def _server_events(events: Iterable[SessionEvent]) -> list[tuple[float, str, dic
     return out
 
 
+def scripted_variant(graph: Graph, scenario: Scenario) -> Graph:
+    """``graph`` with each ``stt.scripted`` node given the script's transcript lines (served as its own agent)."""
+    nodes = dict(graph.nodes)
+    for nid, node in graph.nodes.items():
+        if node.type_name == "stt.scripted":
+            params = node.params.model_copy(update={"lines": scenario.stt_lines()})
+            nodes[nid] = dataclasses.replace(node, params=params)
+    return dataclasses.replace(graph, name=f"{graph.name}--{scenario.scenario}", nodes=nodes)
+
+
+def _scripted(graph: Graph) -> bool:
+    return any(n.type_name == "stt.scripted" for n in graph.nodes.values())
+
+
 def _result(sc: Scenario, graph: Graph, mode: str, tl: Timeline, error: str = "") -> ScenarioResult:
     return ScenarioResult(sc, graph.name, mode, tl, turn_metrics(tl, sc.category), ok=not error, error=error)
 
@@ -172,6 +187,7 @@ async def simulate_virtual(
         if not task.done():
             session.stop()  # the client has gone: end the conversation
         result = await task
+        clock.close()
         if not result.ok and result.failure is not None:
             error = str(result.failure)
     tl.server = _server_events(session.events)
@@ -230,12 +246,15 @@ async def simulate_many(
         raise ValueError("overrides apply to virtual-time runs; make a graph variant for real time")
     from ah.server.app import AgentServer, ServerConfig
 
-    server = AgentServer({g.name: g}, ServerConfig(host="127.0.0.1", port=0))
+    # A graph with a scripted recogniser gets each script's lines: one served agent per script.
+    served = {sc.scenario: scripted_variant(g, sc) if _scripted(g) else g for sc in scs}
+    server = AgentServer({v.name: v for v in served.values()}, ServerConfig(host="127.0.0.1", port=0))
     await server.preload()
     await server.start()
     try:
         for sc in scs:
-            r = await simulate_realtime(g, sc, server)
+            r = await simulate_realtime(served[sc.scenario], sc, server)
+            r.graph = g.name
             results.append(r)
             if on_result:
                 on_result(r)

@@ -61,6 +61,8 @@ def onset_of(tl: Timeline, step: int) -> float:
         ("Mm-hmm.", True),
         ("Yeah, right.", True),
         ("Okay okay", True),
+        ("MMM.", True),
+        ("Hmmmm, right", True),
         ("I see.", True),
         ("[coughing]", True),
         ("(clears throat) uh", True),
