@@ -742,6 +742,15 @@ def ab(
         ),
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
+    tail_ms: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="How long the simulated user waits after the last step and the agent's last sound before "
+            "hanging up (default: each script's tail_ms). Raise it for slow graphs in real time, or their "
+            "last replies are never heard.",
+        ),
+    ] = None,
 ) -> None:
     """Compare two graph variants on the same scripted conversations, turn by turn.
 
@@ -778,6 +787,9 @@ def ab(
     if not scenarios:
         err.print(f"no conversation scripts (*.yaml) in {', '.join(map(str, corpus))}", markup=False)
         raise typer.Exit(EXIT_INVALID)
+    if tail_ms is not None:
+        for sc in scenarios:
+            sc.tail_ms = tail_ms
     a_name = ga.name if ga.name != gb.name else a_file.stem
     b_name = gb.name if ga.name != gb.name else b_file.stem
     total = 2 * len(scenarios) * repeats

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ah.ab.stats import paired_interval
-from ah.runtime.frames import AudioFrame, ReplyTextFrame, TranscriptFrame, UserTurnFrame, VadFrame
+from ah.runtime.frames import ReplyTextFrame, SpeechFrame, TranscriptFrame, UserTurnFrame, VadFrame
 from ah.runtime.graph_loader import load_graph
 from ah.runtime.session import Session
 from ah.server.app import AgentServer, ServerConfig
@@ -110,14 +110,14 @@ def micro(telemetry: Telemetry, turns: int) -> dict[str, float]:
         turn(UserTurnFrame("what is the weather like today", scope=scope))
         llm(ReplyTextFrame("", kind="start", scope=scope))
         llm(ReplyTextFrame("The ", kind="delta", scope=scope))
-        tts(AudioFrame(pcm, scope=scope))
+        tts(SpeechFrame(pcm, scope=scope))
         critical.append(time.perf_counter() - tc)
         tracker.on_event(session_event("reply_audio_started", scope))
         for _ in range(40):
             llm(ReplyTextFrame("word ", kind="delta", scope=scope))
         llm(ReplyTextFrame("The weather ...", kind="stop", scope=scope))
         for _ in range(150):
-            tts(AudioFrame(pcm, scope=scope))
+            tts(SpeechFrame(pcm, scope=scope))
         tf = time.perf_counter()
         session.scopes.finish(scope)  # no running loop here: the tracker flushes at once
         finish.append(time.perf_counter() - tf)
@@ -148,9 +148,86 @@ def session_event(kind: str, scope: int) -> Any:
 
 
 # -- 2. macro ----------------------------------------------------------------------------------------------
+class LoopCpu:
+    """CPU time spent inside the turn tracker on the event loop (frame taps, events, scope changes,
+    finishing turns), measured by wrapping its entry points in this process only (the benchmark's own
+    instrumentation; nothing in ``ah`` changes)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self.per_call_overhead = 0.0
+
+    def calibrate(self) -> None:
+        """What the wrapper itself costs a call (two thread_time() reads): subtracted from the total."""
+
+        def nothing() -> None:
+            pass
+
+        f = self._timed(nothing)
+        n = 20000
+        t0 = time.thread_time()
+        for _ in range(n):
+            f()
+        self.per_call_overhead = (time.thread_time() - t0) / n
+        self.seconds, self.calls = 0.0, 0
+
+    @property
+    def net_seconds(self) -> float:
+        return max(0.0, self.seconds - self.calls * self.per_call_overhead)
+
+    def _timed(self, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.thread_time() - t0
+                self.calls += 1
+
+        return wrapper
+
+    def install(self) -> None:
+        from ah.telemetry.turns import TurnTracker
+
+        timed = self._timed
+        self.calibrate()
+        tap = TurnTracker.tap
+
+        def tap_timed(tracker: Any, *args: Any) -> Any:
+            cb = tap(tracker, *args)
+            return timed(cb) if cb is not None else None
+
+        TurnTracker.tap = tap_timed  # type: ignore[method-assign]
+        for name in ("on_event", "_on_scope", "_flush"):
+            setattr(TurnTracker, name, timed(getattr(TurnTracker, name)))
+
+
+def thread_cpu(prefix: str) -> float:
+    """CPU seconds of this process's threads whose name starts with ``prefix`` (the span exporters)."""
+    import os
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for tid in os.listdir("/proc/self/task"):
+        if not names.get(int(tid), "").startswith(prefix):
+            continue
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 async def macro(tmp: Path, otlp_url: str, blocks: int, scenarios: list[Path]) -> dict[str, Any]:
     graph = load_graph(GRAPH)
     scs = [load_scenario(p) for p in scenarios]
+    loop_cpu = LoopCpu()
+    loop_cpu.install()
+    exporter0 = thread_cpu("OtelBatch")
     servers = {}
     for name, tel in (("off", telemetry_off()), ("on", telemetry_on(tmp, otlp_url))):
         server = AgentServer({graph.name: graph}, ServerConfig(port=0), telemetry=tel)
@@ -180,6 +257,7 @@ async def macro(tmp: Path, otlp_url: str, blocks: int, scenarios: list[Path]) ->
                     file=sys.stderr,
                 )
         servers["on"].telemetry.flush()
+        exporter_s = thread_cpu("OtelBatch") - exporter0
     finally:
         for s in servers.values():
             await s.drain(1.0)
@@ -201,6 +279,16 @@ async def macro(tmp: Path, otlp_url: str, blocks: int, scenarios: list[Path]) ->
         "added_cpu_ms_per_turn": round((cpu_on - cpu_off) * 1000, 2),
         "added_cpu_pct_of_off": round((cpu_on - cpu_off) / cpu_off * 100, 2) if cpu_off else None,
         "cpu_per_block_ms": {k: [round(x * 1000, 2) for x in v] for k, v in cpu.items()},
+        # Measured inside: what the telemetry itself costs, without the run-to-run noise of the above.
+        "tracker_loop_cpu_ms_per_turn": round(loop_cpu.net_seconds / max(turns["on"], 1) * 1000, 3),
+        "tracker_calls_per_turn": round(loop_cpu.calls / max(turns["on"], 1), 1),
+        "timing_wrapper_us_per_call_subtracted": round(loop_cpu.per_call_overhead * 1e6, 3),
+        "exporter_threads_cpu_ms_per_turn": round(exporter_s / max(turns["on"], 1) * 1000, 3),
+        "tracker_plus_exporters_pct_of_off": round(
+            (loop_cpu.net_seconds + exporter_s) / max(turns["on"], 1) / cpu_off * 100, 3
+        )
+        if cpu_off
+        else None,
         "spans_exported": sum(1 for _ in (tmp / "traces.jsonl").open())
         if (tmp / "traces.jsonl").exists()
         else 0,
@@ -218,7 +306,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
             turns = 300 if args.quick else 2000
-            m_on = micro(telemetry_on(tmp / "micro", otlp_url), turns)
+            tel = telemetry_on(tmp / "micro", otlp_url)
+            m_on = micro(tel, turns)
+            tel.shutdown()  # its exporter threads end: the macro part counts only its own
             print(f"micro, on: {m_on}", file=sys.stderr)
             scenarios = sorted(CORPUS.glob("clean_*.yaml"))[: 3 if args.quick else 7]
             blocks = 2 if args.quick else 4
@@ -244,6 +334,9 @@ def main() -> None:
           f"on {m['latency_ms_on']['mean']} ms, added {d['estimate']} ms [95% CI {d['low']}, {d['high']}]")  # fmt: skip
     print(f"CPU per turn (whole process, client included): off {m['cpu_ms_per_turn_off']} ms, on "
           f"{m['cpu_ms_per_turn_on']} ms: added {m['added_cpu_ms_per_turn']} ms ({m['added_cpu_pct_of_off']} %)")  # fmt: skip
+    print(f"measured inside: tracker on the loop {m['tracker_loop_cpu_ms_per_turn']} ms/turn, span exporter "
+          f"threads {m['exporter_threads_cpu_ms_per_turn']} ms/turn: {m['tracker_plus_exporters_pct_of_off']} % of "
+          f"the process's CPU per turn")  # fmt: skip
     print(f"wrote {RESULTS}")
 
 

@@ -25,6 +25,7 @@ from ah.runtime.frames import (
     Frame,
     InterruptionFrame,
     ReplyTextFrame,
+    SpeechFrame,
     TranscriptFrame,
     UserTurnFrame,
     VadFrame,
@@ -111,7 +112,9 @@ class TurnTracker:
             return self._user_turn
         if issubclass(ft, ReplyTextFrame):
             return lambda f: self._reply_text(f, node_type)
-        if issubclass(ft, AudioFrame):
+        if issubclass(ft, SpeechFrame):
+            # Agent speech only: ports typed plain AudioFrame carry the user's audio, 50 frames a second
+            # for the whole conversation, and nothing a turn needs from them.
             return lambda f: self._audio(f, node_type)
         if issubclass(ft, InterruptionFrame):
             return self._interruption
@@ -179,8 +182,12 @@ class TurnTracker:
                 self.pending.speech_end = at
                 self.pending.vad_end_seen = now
             for turn in self.turns.values():
-                if turn.pause_at is not None and turn.reply_end is None:
+                if turn.reply_end is not None:
+                    continue
+                if turn.pause_at is not None:
                     turn.burst_end = at
+                else:
+                    turn.barge_in_onset = None  # the speech ended and the reply played on: no barge-in
 
     def _transcript(self, f: Frame, node_type: str) -> None:
         assert isinstance(f, TranscriptFrame)
@@ -289,6 +296,7 @@ class TurnTracker:
             since = turn.burst_end if turn.burst_end is not None else turn.pause_at
             turn.resumes_ms.append(round((now - since) * 1000, 3))
             turn.pause_at = None
+            turn.barge_in_onset = None  # that burst was not a barge-in
 
     # -- bookkeeping --------------------------------------------------------------------------------------
     def _register(self, turn: TurnRecord) -> None:

@@ -88,7 +88,7 @@ def ab(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ab_cli_reports_and_exit_codes(tmp_path: Path) -> None:
-    ok = ab(tmp_path, "--repeats", "2", "--fail-if", "B.false_cut_off_rate > 0")
+    ok = ab(tmp_path, "--repeats", "2", "--tail-ms", "2000", "--fail-if", "B.false_cut_off_rate > 0")
     assert ok.returncode == 0, ok.stderr + ok.stdout
     assert "20/20" in ok.stderr, "progress counts every conversation of both variants, each repeat"
     data = json.loads((tmp_path / "report" / "ab.json").read_text())

@@ -14,10 +14,10 @@ import pytest
 
 from ah.runtime.clock import VirtualClock
 from ah.runtime.frames import (
-    AudioFrame,
     ControlFrame,
     InterruptionFrame,
     ReplyTextFrame,
+    SpeechFrame,
     TranscriptFrame,
     UserTurnFrame,
     VadFrame,
@@ -91,7 +91,7 @@ class Rig:
         self.send("llm.text", ReplyTextFrame("", kind="start", scope=scope))
         self.send("llm.text", ReplyTextFrame("Sunny ", kind="delta", scope=scope))
         self.at(first_audio)
-        self.send("tts.speech", AudioFrame(bytes(640), scope=scope))
+        self.send("tts.speech", SpeechFrame(bytes(640), scope=scope))
         self.at(sent)
         self.event("reply_audio_started", scope=scope)
         self.send("llm.text", ReplyTextFrame("Sunny today.", kind="stop", scope=scope))
@@ -187,3 +187,20 @@ def test_errors_are_counted_and_typed_turns_time_from_the_commit() -> None:
     (turn,) = r.sink.turns
     assert turn.typed and turn.figures()["response_latency_ms"] == 100.0
     assert "endpointing_ms" not in turn.figures()
+
+
+def test_speech_that_does_not_interrupt_does_not_start_the_barge_in_clock() -> None:
+    r = Rig()
+    scope = r.user_turn(1.0, 2.0, "Tell me a story.", commit=2.4)
+    r.reply(scope, first_token=2.6, first_audio=2.7, sent=2.7)
+    # A short "mm" over the reply (too short to interrupt), then a real barge-in later.
+    r.at(3.064)
+    r.send("vad.events", VadFrame("start", 3.0, 0.9, confirmed_at=3.064))
+    r.at(3.26)
+    r.send("vad.events", VadFrame("end", 3.1, 0.1, confirmed_at=3.26))
+    r.at(4.064)
+    r.send("vad.events", VadFrame("start", 4.0, 0.9, confirmed_at=4.064))
+    r.at(4.3)
+    r.scopes.cancel(scope)
+    r.tracker.on_event(SessionEvent("session_ended", "", {"ok": True}))
+    assert r.sink.turns[0].figures()["barge_in_reaction_ms"] == pytest.approx(300.0)

@@ -63,12 +63,24 @@ def main() -> None:
     ap.add_argument("--realtime", action="store_true", help="real server, real protocol, real time")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument(
+        "--tail-ms",
+        type=int,
+        default=None,
+        help="how long the simulated user waits, after the last step and the agent's last sound, before "
+        "hanging up (default: each script's own tail_ms, 1500 ms; --realtime: 4000 ms, since a Whisper "
+        "reply can take more than 1.5 s to start and the conversation would end before it)",
+    )
+    ap.add_argument(
         "--only", action="append", help="compare silence only with these variants (overlap_aware, smart_turn)"
     )
     args = ap.parse_args()
     out = HERE / "realtime" if args.realtime else HERE
     files = sorted(CORPUS.glob("*.yaml"))
     scenarios = [load_scenario(f) for f in files]
+    tail_ms = args.tail_ms if args.tail_ms is not None else (4000 if args.realtime else None)
+    if tail_ms is not None:
+        for sc in scenarios:
+            sc.tail_ms = tail_ms
     # Real time uses Whisper for STT (realtime/base.yaml): the scripted STT knows the script's lines
     # only on the virtual clock, and what a real recogniser makes of a cough is part of the test.
     where = HERE / "realtime" if args.realtime else HERE
@@ -80,7 +92,11 @@ def main() -> None:
     graphs = [load_graph(v) for v in variants]
     a = graphs[0]
     texts: list[str] = []
-    all_metrics: dict[str, Any] = {"mode": "realtime" if args.realtime else "virtual", "comparisons": {}}
+    all_metrics: dict[str, Any] = {
+        "mode": "realtime" if args.realtime else "virtual",
+        "tail_ms": tail_ms,
+        "comparisons": {},
+    }
     old = out / "qa" / "metrics.json"
     if args.only and old.exists():  # a partial run adds to what is there
         all_metrics["comparisons"] = json.loads(old.read_text()).get("comparisons", {})
