@@ -44,6 +44,7 @@ import groq
 import httpx
 from pydantic import Field
 
+from ah.nodes.audio_buffer import AudioBuffer
 from ah.nodes.cloud import describe, error_frame, key_check, models_check, require_key, tls_context
 from ah.runtime.sdk import (
     AudioFrame,
@@ -59,8 +60,6 @@ from ah.runtime.sdk import (
 )
 
 SR = 16000
-PREROLL_S = 2.0  # audio kept before "now" while no one speaks: a VAD start points back in time
-MAX_BUFFER_S = 120.0
 
 
 class GroqSttParams(Params):
@@ -139,42 +138,6 @@ def recognition_of(tr: Any, no_speech_threshold: float) -> Recognition:
     return Recognition(text, math.exp(logprob / tokens))
 
 
-class _Audio:
-    """The recent audio of one session, addressed by sample index from the start of the stream."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.first = 0
-        self.received = 0
-        self.done = False
-        self.holds: list[int] = []
-        self.more = asyncio.Event()
-
-    def append(self, pcm: bytes, keep_from: int) -> None:
-        self.buf += pcm
-        self.received += len(pcm) // 2
-        floor = min([keep_from, self.received - int(PREROLL_S * SR), *self.holds])
-        floor = max(floor, self.received - int(MAX_BUFFER_S * SR))
-        if floor > self.first:
-            del self.buf[: (floor - self.first) * 2]
-            self.first = floor
-        self.more.set()
-
-    def finish(self) -> None:
-        self.done = True
-        self.more.set()
-
-    async def wait_for(self, sample: int) -> None:
-        while self.received < sample and not self.done:
-            self.more.clear()
-            await self.more.wait()
-
-    def pcm(self, a: int, b: int) -> bytes:
-        a = max(a, self.first)
-        b = min(b, self.received)
-        return bytes(self.buf[(a - self.first) * 2 : (b - self.first) * 2]) if b > a else b""
-
-
 class GroqStt(Node[GroqSttParams]):
     """Final transcripts of VAD-delimited utterances from Groq Whisper, with ASR confidence."""
 
@@ -210,7 +173,7 @@ class GroqStt(Node[GroqSttParams]):
 
     # -- running ---------------------------------------------------------------------------------------------
     async def run(self) -> None:
-        self._audio = _Audio()
+        self._audio = AudioBuffer()
         self._finals: asyncio.Queue[tuple[asyncio.Task[Recognition], float, float] | None] = asyncio.Queue()
         self._utt_start: float | None = None
         self._utt_end = 0.0

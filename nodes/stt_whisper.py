@@ -43,6 +43,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from ah.nodes.audio_buffer import AudioBuffer
 from ah.nodes.inference import load_shared, run_blocking
 from ah.nodes.model_store import MANIFEST, require
 from ah.runtime.sdk import AudioFrame, Input, Node, Output, Params, SessionEvent, TranscriptFrame, VadFrame
@@ -52,8 +53,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SR = 16000
 POOL = "whisper"
-PREROLL_S = 2.0  # audio kept before "now" while no one speaks: a VAD start points back in time
-MAX_BUFFER_S = 120.0  # never keep more than this, however long someone talks
 
 
 def known_models() -> list[str]:
@@ -241,43 +240,6 @@ def _result(text: str, avg_logprob: float) -> Recognition:
     return Recognition(text, math.exp(avg_logprob))
 
 
-class _Audio:
-    """The recent audio of one session, addressed by sample index from the start of the stream."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.first = 0  # sample index of buf[0]
-        self.received = 0
-        self.done = False
-        self.holds: list[int] = []  # sample indices a pending job still needs
-        self.more = asyncio.Event()
-
-    def append(self, pcm: bytes, keep_from: int) -> None:
-        self.buf += pcm
-        self.received += len(pcm) // 2
-        floor = min([keep_from, self.received - int(PREROLL_S * SR), *self.holds])
-        floor = max(floor, self.received - int(MAX_BUFFER_S * SR))
-        if floor > self.first:
-            del self.buf[: (floor - self.first) * 2]
-            self.first = floor
-        self.more.set()
-
-    def finish(self) -> None:
-        self.done = True
-        self.more.set()
-
-    async def wait_for(self, sample: int) -> None:
-        while self.received < sample and not self.done:
-            self.more.clear()
-            await self.more.wait()
-
-    def slice(self, a: int, b: int) -> np.ndarray:
-        a = max(a, self.first)
-        b = min(b, self.received)
-        raw = self.buf[(a - self.first) * 2 : (b - self.first) * 2] if b > a else b""
-        return np.frombuffer(bytes(raw), dtype="<i2").astype(np.float32) / 32768.0
-
-
 class WhisperSttLocal(Node[WhisperSttParams]):
     """Final transcripts of VAD-delimited utterances from faster-whisper, with ASR confidence."""
 
@@ -310,7 +272,7 @@ class WhisperSttLocal(Node[WhisperSttParams]):
 
     # -- running ---------------------------------------------------------------------------------------------
     async def run(self) -> None:
-        self._audio = _Audio()
+        self._audio = AudioBuffer()
         self._finals: asyncio.Queue[tuple[asyncio.Task[Recognition], float, float] | None] = asyncio.Queue()
         self._utt_start: float | None = None  # audio time the current utterance began
         self._utt_end = 0.0
