@@ -154,7 +154,11 @@ def test_local_agent_talks_with_the_official_sdk(base_url: str) -> None:
         n_audio = len(seen.of_type("audio"))
         # Talk over the answer as soon as it starts: a short reply must not finish before the barge-in.
         wait_until(lambda: len(seen.of_type("audio")) > n_audio, 60, "the answer's audio")
-        mic.say(pcm_of(BARGE[1]))
+        # From its first voiced sample (the file starts with silence): the 135M LLM's reply can be short,
+        # and the user must have spoken the barge-in minimum while the answer still plays.
+        ((speech_start, _),) = FIXTURES[BARGE[1]]["speech"]
+        skip = max(0, int((speech_start - 0.05) * SR)) * 2
+        mic.say(pcm_of(BARGE[1])[skip:])
         wait_until(lambda: bool(seen.of_type("interruption")), 60, "an interruption")
         wait_until(lambda: len(seen.user) > len(TURNS) + 1, 60, "the interrupting turn's transcript")
     finally:
