@@ -48,6 +48,7 @@ from ah.nodes.cloud import (
     require_key,
     tls_context,
 )
+from ah.nodes.llm_prompt import Message, fill_variables, prompt_messages
 from ah.runtime.sdk import (
     ControlFrame,
     DoctorCheck,
@@ -63,11 +64,8 @@ from ah.runtime.sdk import (
     UserTurnFrame,
 )
 
-PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w]*)\s*\}\}")
 _MARKDOWN = str.maketrans("", "", "*#`")
 _SPACES = re.compile(r"\s+")
-
-Message = dict[str, str]
 
 
 class ChatLlmParams(Params):
@@ -249,25 +247,10 @@ class _ChatLlm(Node[ChatLlmParams]):
     # -- prompt ------------------------------------------------------------------------------------------------
     def prompt_messages(self, user_text: str) -> list[Message]:
         system = self._system if self._system is not None else self.params.system_prompt
-        starts = [i for i, m in enumerate(self.history) if m["role"] == "user"]
-        keep = self.params.history_turns
-        history = [] if keep == 0 else self.history[starts[-keep] :] if len(starts) > keep else self.history
-        return [{"role": "system", "content": system}, *history, {"role": "user", "content": user_text}]
+        return prompt_messages(system, self.history, user_text, self.params.history_turns)
 
     async def _fill(self, text: str) -> str:
-        missing = [m for m in PLACEHOLDER.findall(text) if m not in self._vars]
-        if missing:
-            await self.errors.send(
-                ControlFrame(
-                    "error",
-                    {
-                        "error_type": "missing_dynamic_variable",
-                        "code": 1008,
-                        "message": f"dynamic variable(s) {', '.join(sorted(set(missing)))} not provided by the client",
-                    },
-                )
-            )
-        return PLACEHOLDER.sub(lambda m: str(self._vars.get(m.group(1), m.group(0))), text)
+        return await fill_variables(text, self._vars, self.errors)
 
     # -- replies -----------------------------------------------------------------------------------------------
     async def _say(self, text: str, scope: int) -> None:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pydantic import Field
 
 from ah.nodes.inference import load_shared, run_blocking
+from ah.nodes.llm_prompt import Message, fill_variables, prompt_messages
 from ah.nodes.model_store import MANIFEST, require
 from ah.runtime.sdk import (
     ControlFrame,
@@ -57,7 +58,6 @@ from ah.runtime.sdk import (
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
-PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w]*)\s*\}\}")
 #: Context window every session's prompt (system + history + turn) and reply must fit in.
 N_CTX = 2048
 #: Token pieces the generating thread may get ahead of the event loop before it waits.
@@ -67,8 +67,6 @@ _MARKDOWN = str.maketrans("", "", "*#`")
 _SPACES = re.compile(r"\s+")
 #: Chat-template overhead per message (role markers), for the context budget.
 _PER_MESSAGE_TOKENS = 6
-
-Message = dict[str, str]
 
 
 class LocalLlmParams(Params):
@@ -299,30 +297,10 @@ class LocalLlm(Node[LocalLlmParams]):
         """The messages a reply to ``user_text`` would be generated from: the system prompt, the last
         ``history_turns`` exchanges (with the context notes among them) and the turn itself."""
         system = self._system if self._system is not None else self.params.system_prompt
-        history = self.history
-        starts = [i for i, m in enumerate(history) if m["role"] == "user"]
-        keep = self.params.history_turns
-        if keep == 0:
-            history = []
-        elif len(starts) > keep:
-            history = history[starts[-keep] :]
-        return [{"role": "system", "content": system}, *history, {"role": "user", "content": user_text}]
+        return prompt_messages(system, self.history, user_text, self.params.history_turns)
 
     async def _fill(self, text: str) -> str:
-        missing = [m for m in PLACEHOLDER.findall(text) if m not in self._vars]
-        if missing:
-            await self.errors.send(
-                ControlFrame(
-                    "error",
-                    {
-                        "error_type": "missing_dynamic_variable",
-                        "code": 1008,
-                        "message": f"dynamic variable(s) {', '.join(sorted(set(missing)))} not provided "
-                        "by the client",
-                    },
-                )
-            )
-        return PLACEHOLDER.sub(lambda m: str(self._vars.get(m.group(1), m.group(0))), text)
+        return await fill_variables(text, self._vars, self.errors)
 
     # -- replies ---------------------------------------------------------------------------------------
     async def _say(self, text: str, scope: int) -> None:

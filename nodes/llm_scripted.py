@@ -20,9 +20,8 @@ from typing import Any
 
 from pydantic import Field
 
+from ah.nodes.llm_prompt import fill_variables
 from ah.runtime.sdk import ControlFrame, Input, Node, Output, Params, ReplyTextFrame, UserTurnFrame
-
-PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][\w]*)\s*\}\}")
 
 
 class ScriptedToolCall(Params):
@@ -152,21 +151,7 @@ class ScriptedLlm(Node[ScriptedLlmParams]):
         return str(waiter.result().get("result", ""))
 
     async def _fill(self, text: str, extra: dict[str, object] | None = None) -> str:
-        values = {**self._vars, **(extra or {})}
-        missing = [m for m in PLACEHOLDER.findall(text) if m not in values]
-        if missing:
-            await self.errors.send(
-                ControlFrame(
-                    "error",
-                    {
-                        "error_type": "missing_dynamic_variable",
-                        "code": 1008,
-                        "message": f"dynamic variable(s) {', '.join(sorted(set(missing)))} not provided "
-                        "by the client",
-                    },
-                )
-            )
-        return PLACEHOLDER.sub(lambda m: str(values.get(m.group(1), m.group(0))), text)
+        return await fill_variables(text, {**self._vars, **(extra or {})}, self.errors)
 
     async def _speak(self, reply: str, scope: int, extra: dict[str, object] | None = None) -> None:
         clock = self.ctx.clock
