@@ -44,14 +44,13 @@ import groq
 import httpx
 from pydantic import Field
 
-from ah.nodes.audio_buffer import AudioBuffer
 from ah.nodes.cloud import describe, error_frame, key_check, models_check, require_key, tls_context
+from ah.nodes.utterance_stt import UtteranceStt
 from ah.runtime.sdk import (
     AudioFrame,
     ControlFrame,
     DoctorCheck,
     Input,
-    Node,
     Output,
     Params,
     SessionEvent,
@@ -138,7 +137,7 @@ def recognition_of(tr: Any, no_speech_threshold: float) -> Recognition:
     return Recognition(text, math.exp(logprob / tokens))
 
 
-class GroqStt(Node[GroqSttParams]):
+class GroqStt(UtteranceStt[GroqSttParams]):
     """Final transcripts of VAD-delimited utterances from Groq Whisper, with ASR confidence."""
 
     summary = "Groq Whisper STT (groq SDK, verbose_json confidence), speculative at each end of speech"
@@ -149,6 +148,7 @@ class GroqStt(Node[GroqSttParams]):
         TranscriptFrame, doc="tentative (speculative) and final transcripts, with confidence"
     )
     errors = Output(ControlFrame, doc="error events (a transcription that failed for good)")
+    label = "stt.groq"
 
     async def setup(self) -> None:
         p = self.params
@@ -173,107 +173,28 @@ class GroqStt(Node[GroqSttParams]):
 
     # -- running ---------------------------------------------------------------------------------------------
     async def run(self) -> None:
-        self._audio = AudioBuffer()
-        self._finals: asyncio.Queue[tuple[asyncio.Task[Recognition], float, float] | None] = asyncio.Queue()
-        self._utt_start: float | None = None
-        self._utt_end = 0.0
-        self._utt_upto: float | None = 0.0
-        self._speaking = False
-        self._deadline: float | None = None
-        self._vad_t = 0.0
-        self._last_voiced = 0.0
-        self._job: asyncio.Task[Recognition] | None = None
+        self._last_voiced = 0.0  # audio time of the last voiced VAD window (for early_ms)
         try:
-            async with asyncio.TaskGroup() as tg:
-                self._tg = tg
-                tg.create_task(self._audio_loop())
-                tg.create_task(self._vad_loop())
-                tg.create_task(self._emit_loop())
+            await super().run()
         finally:
             await self._client.close()
 
-    async def _audio_loop(self) -> None:
-        pad = self.params.pad_ms / 1000
-        async for frame in self.audio:
-            if frame.sample_rate != SR:
-                raise ValueError(f"stt.groq needs {SR} Hz audio, got {frame.sample_rate} Hz")
-            start = self._utt_start
-            keep_from = int((start - pad) * SR) if start is not None else self._audio.received
-            self._audio.append(frame.pcm, keep_from)
-        self._audio.finish()
+    def _on_speech_start(self) -> None:
+        self._last_voiced = self._vad_t
 
-    async def _vad_loop(self) -> None:
+    def _on_score(self, ev: VadFrame) -> None:
         p = self.params
-        gap = p.endpoint_silence_ms / 1000
-        early = p.early_ms / 1000 if p.speculative and p.early_ms else None
-        async for ev in self.vad:
-            self._vad_t = max(self._vad_t, ev.t)
-            if ev.kind == "score" and early is not None and self._speaking:
-                if ev.score >= p.voiced_score:
-                    self._last_voiced = ev.t
-                    if self._job is not None:  # the pause was inside the sentence: that guess is stale
-                        self._job.cancel()
-                        self._job = None
-                elif self._job is None and ev.t - self._last_voiced >= early - 1e-9:
-                    # A likely end of speech, before the VAD's hysteresis confirms it: ask now.
-                    start = self._utt_start or 0.0
-                    self._job = self._start(
-                        start, max(start, self._last_voiced), self._vad_t, speculative=True
-                    )
-            elif ev.kind == "start":
-                self._speaking = True
-                self._last_voiced = self._vad_t
-                self._deadline = None
-                if self._utt_start is None:
-                    self._utt_start = ev.t
-                elif self._job is not None:  # speech resumed: that transcript is stale
-                    self._job.cancel()
-                    self._job = None
-            elif ev.kind == "end" and self._speaking:
-                self._speaking = False
-                self._utt_end = ev.t
-                self._utt_upto = self._vad_t
-                # Counted from the end of speech, as the turn policy counts its silence: counted from
-                # the VAD's confirmation (``_vad_t``), the final transcript would come the VAD's
-                # hysteresis later than the turn policy's endpoint, and every turn would wait for it.
-                self._deadline = ev.t + gap
-                if self.params.speculative and self._job is None:  # (an early request may be out)
-                    self._job = self._start(self._utt_start or 0.0, ev.t, self._vad_t, speculative=True)
-            if self._deadline is not None and self._vad_t >= self._deadline - 1e-9:
-                self._close()
-        if self._utt_start is not None:
-            if self._speaking:
-                self._utt_end = max(self._vad_t, self._audio.received / SR)
-                self._utt_upto = None
-            self._close()
-        self._finals.put_nowait(None)
-
-    def _close(self) -> None:
-        assert self._utt_start is not None
-        job = self._job
-        if job is None:
-            job = self._start(self._utt_start, self._utt_end, self._utt_upto, speculative=False)
-        self._finals.put_nowait((job, self._utt_start, self._utt_end))
-        self._utt_start = None
-        self._deadline = None
-        self._job = None
-
-    def _start(
-        self, t0: float, t1: float, upto: float | None, *, speculative: bool
-    ) -> asyncio.Task[Recognition]:
-        pad = self.params.pad_ms / 1000
-        a = max(0, round((t0 - pad) * SR))
-        b = round((t1 + pad) * SR)
-        if upto is not None:
-            b = max(min(b, round(upto * SR)), round(t1 * SR))
-        self._audio.holds.append(a)
-        self.ctx.emit(
-            SessionEvent(
-                "stt_started",
-                data={"t_start": t0, "t_end": t1, "audio_s": (b - a) / SR, "speculative": speculative},
-            )
-        )
-        return self._tg.create_task(self._transcribe(a, b, t0, t1, speculative))
+        if not (p.speculative and p.early_ms):
+            return
+        if ev.score >= p.voiced_score:
+            self._last_voiced = ev.t
+            if self._job is not None:  # the pause was inside the sentence: that guess is stale
+                self._job.cancel()
+                self._job = None
+        elif self._job is None and ev.t - self._last_voiced >= p.early_ms / 1000 - 1e-9:
+            # A likely end of speech, before the VAD's hysteresis confirms it: ask now.
+            start = self._utt_start or 0.0
+            self._job = self._start(start, max(start, self._last_voiced), self._vad_t, speculative=True)
 
     async def _transcribe(self, a: int, b: int, t0: float, t1: float, speculative: bool) -> Recognition:
         try:
@@ -320,10 +241,3 @@ class GroqStt(Node[GroqSttParams]):
             # Still the current guess (speech has not resumed): tell the client and the LLM early.
             await self.transcripts.send(TranscriptFrame(result.text, False, result.confidence, t0, t1))
         return result
-
-    async def _emit_loop(self) -> None:
-        while (item := await self._finals.get()) is not None:
-            job, t0, t1 = item
-            result = await job
-            if result.text:
-                await self.transcripts.send(TranscriptFrame(result.text, True, result.confidence, t0, t1))

@@ -32,7 +32,6 @@ wait for the pool, text) for every run finished.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import time
@@ -43,10 +42,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from ah.nodes.audio_buffer import AudioBuffer
 from ah.nodes.inference import load_shared, run_blocking
 from ah.nodes.model_store import MANIFEST, require
-from ah.runtime.sdk import AudioFrame, Input, Node, Output, Params, SessionEvent, TranscriptFrame, VadFrame
+from ah.nodes.utterance_stt import UtteranceStt
+from ah.runtime.sdk import AudioFrame, Input, Output, Params, SessionEvent, TranscriptFrame, VadFrame
 
 # faster-whisper is given a local directory and never needs the hub; make sure nothing it imports tries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -240,7 +239,7 @@ def _result(text: str, avg_logprob: float) -> Recognition:
     return Recognition(text, math.exp(avg_logprob))
 
 
-class WhisperSttLocal(Node[WhisperSttParams]):
+class WhisperSttLocal(UtteranceStt[WhisperSttParams]):
     """Final transcripts of VAD-delimited utterances from faster-whisper, with ASR confidence."""
 
     summary = "local Whisper STT (faster-whisper), tiny.en by default"
@@ -248,6 +247,7 @@ class WhisperSttLocal(Node[WhisperSttParams]):
     audio = Input(AudioFrame, doc="user audio (16 kHz mono PCM16), usually the VAD's passthrough")
     vad = Input(VadFrame, doc="speech start / end / score, on the same audio time line")
     transcripts = Output(TranscriptFrame, doc="one final transcript per utterance, with confidence")
+    label = "stt.whisper_local"
 
     @classmethod
     async def preload(cls, params: Params) -> None:
@@ -270,90 +270,7 @@ class WhisperSttLocal(Node[WhisperSttParams]):
             "faster-whisper", path, lambda: _load(str(path), threads), pool=POOL, threads=threads
         )
 
-    # -- running ---------------------------------------------------------------------------------------------
-    async def run(self) -> None:
-        self._audio = AudioBuffer()
-        self._finals: asyncio.Queue[tuple[asyncio.Task[Recognition], float, float] | None] = asyncio.Queue()
-        self._utt_start: float | None = None  # audio time the current utterance began
-        self._utt_end = 0.0
-        self._utt_upto: float | None = 0.0  # how far the VAD had judged when the utterance ended
-        self._speaking = False
-        self._deadline: float | None = None  # VAD time at which the utterance is final
-        self._vad_t = 0.0  # how far the VAD has reported
-        self._job: asyncio.Task[Recognition] | None = None  # speculative transcription of it
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            tg.create_task(self._audio_loop())
-            tg.create_task(self._vad_loop())
-            tg.create_task(self._emit_loop())
-
-    async def _audio_loop(self) -> None:
-        pad = self.params.pad_ms / 1000
-        async for frame in self.audio:
-            if frame.sample_rate != SR:
-                raise ValueError(f"stt.whisper_local needs {SR} Hz audio, got {frame.sample_rate} Hz")
-            start = self._utt_start
-            keep_from = int((start - pad) * SR) if start is not None else self._audio.received
-            self._audio.append(frame.pcm, keep_from)
-        self._audio.finish()
-
-    async def _vad_loop(self) -> None:
-        gap = self.params.endpoint_silence_ms / 1000
-        async for ev in self.vad:
-            self._vad_t = max(self._vad_t, ev.t)
-            if ev.kind == "start":
-                self._speaking = True
-                self._deadline = None
-                if self._utt_start is None:
-                    self._utt_start = ev.t
-                elif self._job is not None:  # speech resumed: that transcript is stale
-                    self._job.cancel()
-                    self._job = None
-            elif ev.kind == "end" and self._speaking:
-                self._speaking = False
-                self._utt_end = ev.t
-                self._utt_upto = self._vad_t
-                # Counted from the end of speech, as the turn policy counts its silence: counted from the
-                # VAD's confirmation (its hysteresis later), every final transcript came that much late.
-                self._deadline = ev.t + gap
-                if self.params.speculative:
-                    self._job = self._start(self._utt_start or 0.0, ev.t, self._vad_t)
-            if self._deadline is not None and self._vad_t >= self._deadline - 1e-9:
-                self._close()
-        # End of the stream: what was said so far is final.
-        if self._utt_start is not None:
-            if self._speaking:
-                self._utt_end = max(self._vad_t, self._audio.received / SR)
-                self._utt_upto = None  # up to the end of the audio
-            self._close()
-        self._finals.put_nowait(None)
-
-    def _close(self) -> None:
-        """The current utterance is final: queue its transcript (the speculative one if there is one)."""
-        assert self._utt_start is not None
-        job = self._job
-        if job is None:
-            job = self._start(self._utt_start, self._utt_end, self._utt_upto)
-        self._finals.put_nowait((job, self._utt_start, self._utt_end))
-        self._utt_start = None
-        self._deadline = None
-        self._job = None
-
-    def _start(self, t0: float, t1: float, upto: float | None) -> asyncio.Task[Recognition]:
-        """Transcribe [t0 - pad, t1 + pad], but no further than ``upto`` (what the VAD has judged):
-        the trailing pad never delays the start, and the audio a run hears depends on the VAD's time
-        line only, not on how far ahead the audio happens to be."""
-        pad = self.params.pad_ms / 1000
-        a = max(0, round((t0 - pad) * SR))
-        b = round((t1 + pad) * SR)
-        if upto is not None:
-            b = max(min(b, round(upto * SR)), round(t1 * SR))
-        self._audio.holds.append(a)
-        # For metrics and tests: every run started, including speculative ones later discarded.
-        self.ctx.emit(SessionEvent("stt_started", data={"t_start": t0, "t_end": t1, "audio_s": (b - a) / SR}))
-        return self._tg.create_task(self._transcribe(a, b))
-
-    async def _transcribe(self, a: int, b: int) -> Recognition:
+    async def _transcribe(self, a: int, b: int, t0: float, t1: float, speculative: bool) -> Recognition:
         try:
             await self._audio.wait_for(b)
             samples = self._audio.slice(a, b)
@@ -389,10 +306,3 @@ class WhisperSttLocal(Node[WhisperSttParams]):
             )
         )
         return result
-
-    async def _emit_loop(self) -> None:
-        while (item := await self._finals.get()) is not None:
-            job, t0, t1 = item
-            result = await job
-            if result.text:
-                await self.transcripts.send(TranscriptFrame(result.text, True, result.confidence, t0, t1))
