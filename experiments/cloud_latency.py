@@ -3,7 +3,17 @@ Groq and ElevenLabs servers made as slow as the real services are published to b
 client that streams recorded speech in real time over the ElevenLabs Agents WebSocket.
 
 Run: ``.venv/bin/python experiments/cloud_latency.py`` (52 turns per variant, 4 conversations at a
-time, 7 variants: about 10 minutes). ``--turns 8`` for a quick look.
+time, 11 variants: about 14 minutes). ``--turns 8`` for a quick look, ``--variants +first_words`` for
+graphs/cloud.yaml alone.
+
+**The client** sends the microphone as ``user_audio_chunk`` messages of ``--chunk-ms`` audio, in real
+time. The default, 25 ms, is what the official browser client sends (``@elevenlabs/client``:
+``inputChunkDurationMs`` defaults to 25 ms, shared/reference/README.md and
+elevenlabs-official-clients.md); the Python SDK sends 250 ms (4000 samples). The chunk size is a
+measurement condition, not an overlap: the server cannot hear the end of speech before the chunk
+that holds the silence after it has come, so every stage that waits on the VAD (the early STT
+request, the end of the turn) moves in steps of the chunk. ``chunk_100ms`` and ``chunk_250ms`` run
+graphs/cloud.yaml with bigger chunks, so the figure at each is on the table too.
 
 **What is measured.** Response latency per turn (ARCHITECTURE.md §5): from the end of the user's
 speech (when the chunk holding the last voiced sample, per ``tests/fixtures/audio/transcripts.json``,
@@ -49,13 +59,20 @@ difference between neighbours is what that overlap buys:
   +preempt_llm  the LLM starts on that tentative transcript (``llm.preemptive``)
   +warm_tts     the TTS socket is open and its context initialised before the reply (``tts.warm``)
                 (graphs/cloud.yaml until the held reply; ``turn_policy.silence``)
-  +early_stt    the STT request goes out when the VAD's scores drop (``stt.early_ms: 32``), before
-                the VAD confirms the end of speech (its 160 ms ``min_silence_ms``)
+  +early_stt    the STT request goes out when the VAD's scores drop below 0.5 (``stt.early_ms: 32``),
+                before the VAD confirms the end of speech (its 160 ms ``min_silence_ms``)
   +held_reply   the turn policy starts the reply on the tentative transcript, held (paused scope):
                 the LLM streams and the TTS synthesises before the turn commits; released at the
                 commit, dropped unheard if the user goes on (``turn_policy.overlap_aware``,
-                ``preemptive: true``) = graphs/cloud.yaml as shipped
+                ``preemptive: true``)
+  +falling_score  the early STT request goes out at the first window below 0.9 (``stt.early_score``),
+                a window before the first below 0.5 on most utterances (Silero's scores trail the
+                speech: 0.99, 0.72, 0.28); a voiced window (>= 0.5) after it still cancels it
+  +first_words  the reply's first piece goes to the TTS at the first word boundary past 24
+                characters (``tts.first_piece_chars``), not at the end of its sentence
+                = graphs/cloud.yaml as shipped
   held_only     off the chain: the held reply without the early STT request (against +warm_tts)
+  chunk_100ms, chunk_250ms  off the chain: graphs/cloud.yaml, the client sending 100 / 250 ms chunks
 
 Results: ``experiments/results/cloud_latency.json`` and ``cloud_latency.png``.
 """
@@ -122,27 +139,35 @@ REPLIES = {
 }
 
 SILENCE_TURN = {"type": "turn_policy.silence", "endpoint_silence_ms": 400, "barge_in_min_speech_ms": 300}
+SENTENCES = {"first_piece_chars": 0}  # tts.elevenlabs: every piece a sentence (or a long clause)
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "baseline": {
         "stt": {"speculative": False, "early_ms": 0},
         "turn": SILENCE_TURN,
         "llm": {"preemptive": False},
-        "tts": {"warm": False},
+        "tts": {"warm": False, **SENTENCES},
     },
     "+spec_stt": {
         "stt": {"early_ms": 0},
         "turn": SILENCE_TURN,
         "llm": {"preemptive": False},
-        "tts": {"warm": False},
+        "tts": {"warm": False, **SENTENCES},
     },
-    "+preempt_llm": {"stt": {"early_ms": 0}, "turn": SILENCE_TURN, "tts": {"warm": False}},
-    "+warm_tts": {"stt": {"early_ms": 0}, "turn": SILENCE_TURN},
-    "+early_stt": {"turn": SILENCE_TURN},
-    "+held_reply": {},  # graphs/cloud.yaml as it is
+    "+preempt_llm": {"stt": {"early_ms": 0}, "turn": SILENCE_TURN, "tts": {"warm": False, **SENTENCES}},
+    "+warm_tts": {"stt": {"early_ms": 0}, "turn": SILENCE_TURN, "tts": SENTENCES},
+    "+early_stt": {"stt": {"early_score": None}, "turn": SILENCE_TURN, "tts": SENTENCES},
+    "+held_reply": {"stt": {"early_score": None}, "tts": SENTENCES},
+    "+falling_score": {"tts": SENTENCES},
+    "+first_words": {},  # graphs/cloud.yaml as it is
     # Off the chain: the held reply without the early STT request (compared with +warm_tts).
-    "held_only": {"stt": {"early_ms": 0}},
+    "held_only": {"stt": {"early_ms": 0}, "tts": SENTENCES},
+    # Off the chain: graphs/cloud.yaml with the client sending bigger chunks (a measurement condition,
+    # not an overlap: compared with +first_words at the default chunk).
+    "chunk_100ms": {},
+    "chunk_250ms": {},
 }
-BASE_OF = {"held_only": "+warm_tts"}
+BASE_OF = {"held_only": "+warm_tts", "chunk_100ms": "+first_words", "chunk_250ms": "+first_words"}
+CHUNK_OF = {"chunk_100ms": 100, "chunk_250ms": 250}  # else --chunk-ms
 MARKS = [
     "stt_request",
     "stt_done",
@@ -481,7 +506,7 @@ def run_variant(
                         i,
                         per,
                         utts,
-                        args.chunk_ms,
+                        CHUNK_OF.get(name, args.chunk_ms),
                         lambda: progress.advance(task),
                     )
                     for i in range(args.concurrency)
@@ -571,7 +596,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--turns", type=int, default=52, help="turns per variant (≥ 50 for the report)")
     ap.add_argument("--concurrency", type=int, default=4, help="conversations at a time")
-    ap.add_argument("--chunk-ms", type=int, default=100, help="client audio chunk")
+    ap.add_argument(
+        "--chunk-ms",
+        type=int,
+        default=25,
+        help="client audio chunk (25 ms: what @elevenlabs/client sends from a browser; the Python SDK sends 250)",
+    )
     ap.add_argument("--ms-per-char", type=float, default=40.0, help="fake TTS speaking rate")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     ap.add_argument("--seed", type=int, default=7)

@@ -12,7 +12,10 @@ reply or to stop it on a barge-in; its keepalive is a single space.
 
 * **Text**: the reply's deltas are cut into sentences (and long sentences' clauses) by
   :class:`~ah.nodes.tts_stream.TextSplitter`; each goes out with ``flush: true`` as soon as it is
-  complete, so the service starts speaking the first sentence while the LLM writes the rest.
+  complete, so the service starts speaking the first sentence while the LLM writes the rest. With
+  ``first_piece_chars`` the first piece goes out sooner still, at the first word boundary past that
+  many characters (a few words, ~1.5 s of speech: its audio lasts longer than the next piece takes to
+  come); the later pieces stay sentence-sized, since every flush is a generation of its own.
 * **Audio**: ``pcm_16000`` (16 kHz s16le, the graph's format) with ``sync_alignment=true``. Each chunk
   becomes a :class:`SpeechFrame` whose ``text`` and ``alignment`` are the service's character timings,
   so ``protocol_out`` knows what the listener has heard, and an interrupted reply's
@@ -85,6 +88,14 @@ class ElevenLabsTtsParams(Params):
         ge=0,
         le=10_000,
         description="Send a long sentence's first clauses early once this long (0: never).",
+    )
+    first_piece_chars: int = Field(
+        0,
+        ge=0,
+        le=300,
+        description="A reply's first piece may end at a word boundary once this long, before its "
+        "sentence ends: its audio starts while the LLM writes the rest (0: whole sentences). Only the "
+        "first piece is short; each flush starts a new generation, so later ones stay sentence-sized.",
     )
     endpoint: Literal["multi-stream-input", "stream-input"] = Field(
         "multi-stream-input",
@@ -384,7 +395,13 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
                         continue
                     reply = replies.get(scope)
                     if reply is None or reply.ended:
-                        reply = _Reply(scope, TextSplitter(self.params.min_clause_chars))
+                        reply = _Reply(
+                            scope,
+                            TextSplitter(
+                                self.params.min_clause_chars,
+                                first_piece_chars=self.params.first_piece_chars,
+                            ),
+                        )
                         replies[scope] = reply
                         previous = tg.create_task(self._reply_worker(reply, previous))
                         previous.add_done_callback(functools.partial(_forget, replies, reply))

@@ -7,7 +7,8 @@ knows them, the times at which the piece's words are spoken.
 * **Sentence streaming.** Reply text arrives as LLM deltas. :class:`TextSplitter` cuts it into
   pieces as soon as a sentence is complete (``.``, ``!``, ``?``, a new line), or, in a long sentence,
   at a clause end (``,``, ``;``, ``:``, a dash) once the piece is ``min_clause_chars`` long, so the
-  first audio does not wait for the end of a long sentence.
+  first audio does not wait for the end of a long sentence. ``first_piece_chars`` lets the reply's
+  first piece (only that one) end at a word boundary once it is that long (``tts.elevenlabs`` uses it).
 * **Pipelining.** Each reply gets a worker that runs in the reply's scope
   (``ctx.scopes.run_in``): one task synthesizes the pieces in order, one at a time, while another
   sends the audio of the previous piece downstream. Sending may wait on backpressure (the output
@@ -82,6 +83,7 @@ _SENTENCE_END = re.compile(rf"[.!?…]+[{re.escape(_CLOSERS)}]*(?=\s|$)|\n")
 _CLAUSE_END = re.compile(rf"(?:[,;:]|\s[—–-])[{re.escape(_CLOSERS)}]*(?=\s)")
 # A period after these is not the end of a sentence ("Dr. Smith", "e.g. this").
 _ABBREVIATIONS = frozenset("mr mrs ms dr prof st sr jr vs approx dept fig inc ltd mt e.g i.e cf al".split())
+_SPACE = re.compile(r"\s+")
 MAX_PIECE_CHARS = 300
 
 
@@ -92,10 +94,17 @@ class TextSplitter:
     """
 
     def __init__(
-        self, min_clause_chars: int = 40, max_chars: int = MAX_PIECE_CHARS, first_clause_chars: int = 0
+        self,
+        min_clause_chars: int = 40,
+        max_chars: int = MAX_PIECE_CHARS,
+        first_clause_chars: int = 0,
+        first_piece_chars: int = 0,
     ) -> None:
         self.min_clause_chars = min_clause_chars
         self.first_clause_chars = first_clause_chars or min_clause_chars
+        #: The reply's first piece may also end at a word boundary once this long (0: never): its
+        #: audio starts while the LLM writes the rest of the sentence. Later pieces never do.
+        self.first_piece_chars = first_piece_chars
         self.pieces = 0  # pieces cut so far
         self.max_chars = max_chars
         self.buf = ""
@@ -134,6 +143,11 @@ class TextSplitter:
             for m in _CLAUSE_END.finditer(b):
                 if len(b[: m.end()].strip()) >= least:
                     return m.end()
+        if self.pieces == 0 and self.first_piece_chars:
+            # A word is whole once white space follows it (the next delta may still extend it).
+            for m in _SPACE.finditer(b):
+                if len(b[: m.start()].strip()) >= self.first_piece_chars:
+                    return m.start()
         if len(b.strip()) >= self.max_chars:
             # No punctuation at all for a long while: cut at the last word boundary.
             space = b.rstrip().rfind(" ")
