@@ -3,7 +3,7 @@ Groq and ElevenLabs servers made as slow as the real services are published to b
 client that streams recorded speech in real time over the ElevenLabs Agents WebSocket.
 
 Run: ``.venv/bin/python experiments/cloud_latency.py`` (52 turns per variant, 4 conversations at a
-time, 11 variants: about 14 minutes). ``--turns 8`` for a quick look, ``--variants +first_words`` for
+time, 12 variants: about 15 minutes). ``--turns 8`` for a quick look, ``--variants +final_first`` for
 graphs/cloud.yaml alone.
 
 **The client** sends the microphone as ``user_audio_chunk`` messages of ``--chunk-ms`` audio, in real
@@ -26,7 +26,8 @@ which run in this process on their own threads and loop):
   stt_done      its answer is sent
   llm_request   the chat request reaches the fake Groq (before ``turn_committed`` when preemptive)
   turn_committed  the client receives the final ``user_transcript``; the turn policy commits once
-                  both it and the end-of-turn silence are in, so at this moment or just after
+                  both it and the end-of-turn silence are in, so at this moment or later (when the
+                  STT closes the utterance before the turn's silence runs out: +final_first)
   llm_first_token the fake sends the first token
   tts_request   the first sentence reaches the fake ElevenLabs (``flush``)
   tts_first_audio the fake sends its first audio
@@ -70,7 +71,11 @@ difference between neighbours is what that overlap buys:
                 speech: 0.99, 0.72, 0.28); a voiced window (>= 0.5) after it still cancels it
   +first_words  the reply's first piece goes to the TTS at the first word boundary past 24
                 characters (``tts.first_piece_chars``), not at the end of its sentence
-                = graphs/cloud.yaml as shipped
+  +final_first  the STT closes the utterance after 350 ms of silence (``stt.endpoint_silence_ms``),
+                the turn still after 400 ms: the STT decides on the VAD's 32 ms windows, so at an
+                equal silence its final transcript came at the window after the turn's deadline,
+                and a turn whose held reply was ready waited for it; now it is in when the turn's
+                silence runs out = graphs/cloud.yaml as shipped
   held_only     off the chain: the held reply without the early STT request (against +warm_tts)
   chunk_100ms, chunk_250ms  off the chain: graphs/cloud.yaml, the client sending 100 / 250 ms chunks
 
@@ -140,33 +145,39 @@ REPLIES = {
 
 SILENCE_TURN = {"type": "turn_policy.silence", "endpoint_silence_ms": 400, "barge_in_min_speech_ms": 300}
 SENTENCES = {"first_piece_chars": 0}  # tts.elevenlabs: every piece a sentence (or a long clause)
+STT_AT_TURN = {"endpoint_silence_ms": 400}  # stt.groq closes an utterance at the turn's silence
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "baseline": {
-        "stt": {"speculative": False, "early_ms": 0},
+        "stt": {"speculative": False, "early_ms": 0, **STT_AT_TURN},
         "turn": SILENCE_TURN,
         "llm": {"preemptive": False},
         "tts": {"warm": False, **SENTENCES},
     },
     "+spec_stt": {
-        "stt": {"early_ms": 0},
+        "stt": {"early_ms": 0, **STT_AT_TURN},
         "turn": SILENCE_TURN,
         "llm": {"preemptive": False},
         "tts": {"warm": False, **SENTENCES},
     },
-    "+preempt_llm": {"stt": {"early_ms": 0}, "turn": SILENCE_TURN, "tts": {"warm": False, **SENTENCES}},
-    "+warm_tts": {"stt": {"early_ms": 0}, "turn": SILENCE_TURN, "tts": SENTENCES},
-    "+early_stt": {"stt": {"early_score": None}, "turn": SILENCE_TURN, "tts": SENTENCES},
-    "+held_reply": {"stt": {"early_score": None}, "tts": SENTENCES},
-    "+falling_score": {"tts": SENTENCES},
-    "+first_words": {},  # graphs/cloud.yaml as it is
+    "+preempt_llm": {
+        "stt": {"early_ms": 0, **STT_AT_TURN},
+        "turn": SILENCE_TURN,
+        "tts": {"warm": False, **SENTENCES},
+    },
+    "+warm_tts": {"stt": {"early_ms": 0, **STT_AT_TURN}, "turn": SILENCE_TURN, "tts": SENTENCES},
+    "+early_stt": {"stt": {"early_score": None, **STT_AT_TURN}, "turn": SILENCE_TURN, "tts": SENTENCES},
+    "+held_reply": {"stt": {"early_score": None, **STT_AT_TURN}, "tts": SENTENCES},
+    "+falling_score": {"stt": STT_AT_TURN, "tts": SENTENCES},
+    "+first_words": {"stt": STT_AT_TURN},
+    "+final_first": {},  # graphs/cloud.yaml as it is
     # Off the chain: the held reply without the early STT request (compared with +warm_tts).
-    "held_only": {"stt": {"early_ms": 0}, "tts": SENTENCES},
+    "held_only": {"stt": {"early_ms": 0, **STT_AT_TURN}, "tts": SENTENCES},
     # Off the chain: graphs/cloud.yaml with the client sending bigger chunks (a measurement condition,
-    # not an overlap: compared with +first_words at the default chunk).
+    # not an overlap: compared with graphs/cloud.yaml at the default chunk).
     "chunk_100ms": {},
     "chunk_250ms": {},
 }
-BASE_OF = {"held_only": "+warm_tts", "chunk_100ms": "+first_words", "chunk_250ms": "+first_words"}
+BASE_OF = {"held_only": "+warm_tts", "chunk_100ms": "+final_first", "chunk_250ms": "+final_first"}
 CHUNK_OF = {"chunk_100ms": 100, "chunk_250ms": 250}  # else --chunk-ms
 MARKS = [
     "stt_request",

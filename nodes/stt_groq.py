@@ -97,7 +97,12 @@ class GroqSttParams(Params):
         "request still cancels it, so the audio sent always holds every voiced window.",
     )
     endpoint_silence_ms: int = Field(
-        300, ge=0, le=5000, description="Silence that closes an utterance. Keep ≤ the turn policy's."
+        300,
+        ge=0,
+        le=5000,
+        description="Silence that closes an utterance. Keep ≤ the turn policy's: a turn waits for its final "
+        "transcript, and this silence is timed on the VAD's 32 ms windows, so a window or two below the "
+        "turn's has the final in when the turn's silence runs out.",
     )
     pad_ms: int = Field(100, ge=0, le=1000, description="Audio added before and after each utterance.")
     no_speech_threshold: float = Field(
