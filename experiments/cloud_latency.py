@@ -420,11 +420,15 @@ def attach_fake_marks(
         # The chat request the reply came from: the last one for this text before its first audio.
         llm = [r for r in chats if r.text == reply and t0 - 1.0 < r.t_start < t_audio]
         chat = llm[-1] if llm else None
-        # The transcription it answered: the last one of this utterance that ended before it.
+        # The transcription it answered: the last one of this utterance that was answered before it (a
+        # cancelled speculative request has no end; a later turn may say the same words).
         st = [
             r
             for r in stt
-            if r.text == said and t0 - 1.5 < r.t_start and (chat is None or (r.t_end or 0) <= chat.t_start)
+            if r.text == said
+            and t0 - 1.5 < r.t_start
+            and r.t_end is not None
+            and r.t_end <= (chat.t_start if chat is not None else t_audio)
         ]
         req = st[-1] if st else None
         gen = next(
@@ -552,12 +556,42 @@ def summarize(turns: list[Turn]) -> dict[str, Any]:
         vals = [t.marks[m] for t in turns if t.marks.get(m) is not None]
         if vals:
             marks[m] = {"mean": round(statistics.fmean(vals), 1), "p50": round(pct(vals, 50), 1)}  # type: ignore[arg-type]
+
+    # What each overlap moves, free of most of the providers' sampling noise: the mean gap between
+    # neighbouring instants of the same turn, and how long ready audio waited for the turn to end.
+    def gap(a: str | None, b: str) -> float | None:
+        vals = [
+            t.marks[b] - (t.marks[a] if a else 0.0)  # type: ignore[operator]
+            for t in turns
+            if t.marks.get(b) is not None and (a is None or t.marks.get(a) is not None)
+        ]
+        return round(statistics.fmean(vals), 1) if vals else None
+
+    stages = {
+        "detect (speech end -> STT request)": gap(None, "stt_request"),
+        "STT": gap("stt_request", "stt_done"),
+        "STT done -> LLM request": gap("stt_done", "llm_request"),
+        "LLM first token": gap("llm_request", "llm_first_token"),
+        "first token -> TTS request": gap("llm_first_token", "tts_request"),
+        "TTS first audio": gap("tts_request", "tts_first_audio"),
+        "ready audio waits for the turn": gap("tts_first_audio", "client_audio"),
+    }
+    held = [
+        t
+        for t in turns
+        if t.latency_ms is not None
+        and t.marks.get("tts_first_audio") is not None
+        and t.latency_ms - t.marks["tts_first_audio"] > 4  # type: ignore[operator]
+    ]
     return {
         "turns": len(turns),
         "answered": len(lat),
         "errors": [t.error for t in turns if t.error],
         "latency_ms": {
             "mean": round(statistics.fmean(lat), 1) if lat else None,
+            # The standard error of the mean: the providers' latencies are drawn, so another run of the
+            # same variant differs by about this much (1 SE) from sampling alone.
+            "sem": round(statistics.stdev(lat) / len(lat) ** 0.5, 1) if len(lat) > 1 else None,
             "p50": round(pct(lat, 50), 1),
             "p95": round(pct(lat, 95), 1),
             "p99": round(pct(lat, 99), 1),
@@ -565,6 +599,8 @@ def summarize(turns: list[Turn]) -> dict[str, Any]:
             "max": round(max(lat), 1) if lat else None,
         },
         "timeline_ms_after_speech_end": marks,
+        "stages_ms": stages,
+        "held_by_the_turn_share": round(len(held) / max(1, len(lat)), 3),
         "preemptive_share": round(sum(t.preemptive for t in turns) / max(1, len(turns)), 3),
     }
 
@@ -676,6 +712,18 @@ def main() -> None:
             ),
         )
     console.print(table)
+    stages = Table(title="Mean gaps between a turn's instants, ms (what each overlap moves)")
+    stage_names = list(next(iter(summary.values()))["stages_ms"])
+    for col in ["variant", "± SE", *stage_names, "held by the turn"]:
+        stages.add_column(col, justify="right")
+    for name, s in summary.items():
+        stages.add_row(
+            name,
+            f"{s['latency_ms']['sem']}",
+            *(f"{v:.0f}" if v is not None else "-" for v in s["stages_ms"].values()),
+            f"{s['held_by_the_turn_share']:.0%}",
+        )
+    console.print(stages)
     chain = [n for n in summary if n not in BASE_OF]
     pairs = [*itertools.pairwise(chain), *((BASE_OF[n], n) for n in summary if n in BASE_OF)]
     for a, b in pairs:
@@ -685,7 +733,8 @@ def main() -> None:
     for n, info in infos.items():
         console.print(
             f"  {n:>13}: {info['stt_requests']} STT, {info['llm_requests']} LLM requests, "
-            f"{info['tts_generations']} TTS generations for {summary[n]['turns']} turns"
+            f"{info['tts_generations']} TTS generations for {summary[n]['turns']} turns "
+            f"({info['stt_requests'] / max(1, summary[n]['turns']):.2f} STT requests a turn)"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     png = args.out.with_suffix(".png")

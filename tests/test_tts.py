@@ -249,6 +249,36 @@ def test_splitter_speaks_a_short_opening_clause_first() -> None:
     assert got_plain == ["Sure, I can help with that, and then,", " with anything else you need today."]
 
 
+def test_splitter_may_cut_only_the_first_piece_at_a_word_boundary() -> None:
+    """tts.elevenlabs' first_piece_chars: the reply's first words go out before their sentence ends (a
+    word is whole once white space follows it); every later piece is a sentence again."""
+    text = "The first train leaves at six forty-five tomorrow morning. The second one leaves at seven."
+    for tokens in (re.findall(r"\s*\S+", text), re.findall(r"\S+\s*", text)):  # either token style
+        eager, plain = TextSplitter(40, first_piece_chars=24), TextSplitter(40)
+        got_eager = [p for p in [*(q for t in tokens for q in eager.feed(t)), eager.flush()] if p]
+        got_plain = [p for p in [*(q for t in tokens for q in plain.feed(t)), plain.flush()] if p]
+        assert [p.strip() for p in got_eager] == [
+            "The first train leaves at",
+            "six forty-five tomorrow morning.",
+            "The second one leaves at seven.",
+        ]
+        assert "".join(got_eager) == text
+        assert [p.strip() for p in got_plain] == [
+            "The first train leaves at six forty-five tomorrow morning.",
+            "The second one leaves at seven.",
+        ]
+    # A word still being written is not cut: "at" may become "atmosphere".
+    s = TextSplitter(40, first_piece_chars=24)
+    assert s.feed("The first train leaves at") == []
+    assert s.feed("mospheric ") == ["The first train leaves atmospheric"]
+    # A sentence shorter than that is the first piece as it was.
+    s = TextSplitter(40, first_piece_chars=24)
+    assert s.feed("Done. I booked a table for two at seven tonight. ") == [
+        "Done.",
+        " I booked a table for two at seven tonight.",
+    ]
+
+
 # -- Piper ----------------------------------------------------------------------------------------------------------
 @needs_piper
 def test_piper_streams_by_sentence_and_its_audio_says_the_reply() -> None:
