@@ -152,3 +152,59 @@ def test_a_burst_of_exactly_the_capacity_is_admitted_whole() -> None:
         assert code == 0, err
     finally:
         server.close()
+
+
+def test_a_stuck_or_killed_worker_with_room_does_not_hold_connections() -> None:
+    """A is full, B has room. While B is frozen (SIGSTOP: its event loop stuck) A steps aside, but
+    only until B's slot goes stale (3 s without a heartbeat); then A answers 1013. When B is killed
+    (SIGKILL) the supervisor zeroes its slot at once, so a new connection is answered within a
+    second (1013 from A, or a session on the restarted B), and sessions then land on the new B."""
+    server, (a, b) = start()
+    try:
+
+        async def main() -> None:
+            url = ws_url(server.port)
+            os.kill(b, signal.SIGSTOP)
+            try:
+                full = [await admitted(url) for _ in range(K)]
+                t0 = time.monotonic()
+                kind, info = await attempt(url)
+                took = time.monotonic() - t0
+            finally:
+                os.kill(b, signal.SIGCONT)
+            assert [pid for _, pid in full] == [a] * K
+            assert (kind, info) == ("refused", (1013, REFUSAL)), (kind, info)
+            assert 1.5 < took < STEP_S, f"refused after {took:.1f} s; B's slot goes stale after 3 s"
+            os.kill(b, signal.SIGKILL)
+            await asyncio.sleep(0.1)
+            t0 = time.monotonic()
+            kind, info = await attempt(url)
+            took = time.monotonic() - t0
+            assert took < 1.0, f"a connection waited {took:.1f} s for a dead worker"
+            if kind == "refused":
+                assert info == (1013, REFUSAL), info
+            else:
+                assert info[1] not in (a, b), info
+                await info[0].close()
+            # Once the new B is up, sessions land on it (A, full, steps aside again).
+            deadline = time.monotonic() + 30
+            while True:
+                kind, info = await attempt(url)
+                if kind == "ok":
+                    break
+                assert info == (1013, REFUSAL), info
+                assert time.monotonic() < deadline, "the restarted worker never took a session"
+                await asyncio.sleep(0.1)
+            ws, pid = info
+            assert pid not in (a, b), pid
+            assert "sunny" in await text_turn(ws)
+            for w, _ in [*full, (ws, pid)]:
+                await w.close()
+
+        asyncio.run(asyncio.wait_for(main(), 60))
+        server.terminate()
+        code, err = server.wait()
+        assert code == 0, err
+        assert f"(pid {b}) killed by SIGKILL" in err, err
+    finally:
+        server.close()
