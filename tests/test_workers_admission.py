@@ -174,7 +174,8 @@ def test_a_stuck_or_killed_worker_with_room_does_not_hold_connections() -> None:
                 os.kill(b, signal.SIGCONT)
             assert [pid for _, pid in full] == [a] * K
             assert (kind, info) == ("refused", (1013, REFUSAL)), (kind, info)
-            assert 1.5 < took < STEP_S, f"refused after {took:.1f} s; B's slot goes stale after 3 s"
+            # It waited (A stepped aside for B), but not for ever: refused once B went stale.
+            assert 0.3 < took < STEP_S, f"refused after {took:.1f} s; B's slot goes stale after 3 s"
             os.kill(b, signal.SIGKILL)
             await asyncio.sleep(0.1)
             t0 = time.monotonic()
