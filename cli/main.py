@@ -262,8 +262,10 @@ def run(
         int,
         typer.Option(
             envvar="AH_MAX_SESSIONS",
-            help="Session limit per process (0: none); past it new sessions are closed at once with "
-            "1013 (try again later) and /readyz answers 503.",
+            help="Session limit per process, per worker with --workers (0: none); past it new sessions "
+            "are closed at once with 1013 (try again later) and /readyz answers 503. With --workers N "
+            "the server takes N x this many: a full worker leaves new connections to workers with room, "
+            "and 1013 comes only when every worker is full.",
         ),
     ] = 0,
     workers: Annotated[
@@ -271,7 +273,8 @@ def run(
         typer.Option(
             envvar="AH_WORKERS",
             help="Worker processes sharing the port (1: serve in this process). With N > 1 a supervisor "
-            "restarts a worker that dies and SIGTERM drains them all; --max-sessions is per worker.",
+            "restarts a worker that dies and SIGTERM drains them all; --max-sessions is per worker "
+            "(N x it in all), and a connection goes to a worker with room while any has.",
         ),
     ] = 1,
     compression: Annotated[
@@ -286,6 +289,9 @@ def run(
         int | None, typer.Option(hidden=True, help="(worker) inherited listening socket")
     ] = None,
     worker_id: Annotated[int, typer.Option(hidden=True, help="(worker) index, for the logs")] = 0,
+    occupancy_fd: Annotated[
+        int | None, typer.Option(hidden=True, help="(worker) the supervisor's shared occupancy table")
+    ] = None,
     drain_timeout: Annotated[
         float, typer.Option(help="Seconds running sessions get to finish on SIGTERM.")
     ] = 30.0,
@@ -351,6 +357,8 @@ def run(
         max_sessions=max_sessions,
         drain_timeout_s=drain_timeout,
         listen_fd=listen_fd,
+        occupancy_fd=occupancy_fd,
+        worker_slot=max(0, worker_id - 1),
         compression=compression,
     )
     telemetry = _telemetry_or_exit(telemetry_file, trace or [], trace_file, metrics_dir)
@@ -371,7 +379,7 @@ def run(
         # Keys travel in the environment, not on a command line that `ps` shows.
         env = {"AH_API_KEYS": " ".join(api_key)} if api_key else {}
         env["AH_WORKERS"] = "1"
-        _supervise(server, worker_args, workers, env)
+        _supervise(server, worker_args, workers, env, limited=max_sessions > 0)
         return
 
     async def _serve() -> None:
@@ -401,8 +409,12 @@ def run(
         pass
 
 
-def _supervise(server: Any, worker_args: list[str], count: int, env: dict[str, str]) -> None:
-    """``ah run --workers N``: bind once, start N workers on that socket, print the banner, supervise."""
+def _supervise(
+    server: Any, worker_args: list[str], count: int, env: dict[str, str], *, limited: bool
+) -> None:
+    """``ah run --workers N``: bind once, start N workers on that socket, print the banner, supervise.
+    With a session limit the workers share an occupancy table, so a full worker steps aside."""
+    from ah.server.occupancy import OccupancyTable
     from ah.server.workers import Supervisor, bind_listener
 
     config = server.config
@@ -412,7 +424,8 @@ def _supervise(server: Any, worker_args: list[str], count: int, env: dict[str, s
         err.print(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", markup=False)
         raise typer.Exit(EXIT_RUN_FAILED) from None
     server.port = sock.getsockname()[1]
-    supervisor = Supervisor(sock, worker_args, count, env=env)
+    table = OccupancyTable.create(count) if limited else None
+    supervisor = Supervisor(sock, worker_args, count, env=env, table=table)
 
     async def _main() -> int:
         try:

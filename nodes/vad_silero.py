@@ -14,12 +14,10 @@ windows reach ``threshold`` and stay at or above ``neg_threshold`` for ``min_spe
 after ``min_silence_ms`` below ``neg_threshold``. Timestamps point at where the change began, widened
 by ``speech_pad_ms`` (the end is never later than the audio seen).
 
-Where the model runs: one window costs ~0.13 ms inline on this machine, while a hop to a thread pool
-and back costs more than the work (0.2–0.28 ms a window end to end; ``tests/test_vad_silero.py -s``
-prints both). A live client sends 20–32 ms frames, at most one or two windows each, so those are
-scored inline: the loop is blocked for well under a millisecond. A frame carrying more than
-``INLINE_MAX_WINDOWS`` windows (a client sending large chunks, a file played faster than real time) is
-scored as one batch on the ``vad`` pool, off the loop (a second of audio would be ~4 ms inline).
+Where the model runs: not on the event loop. Every session's windows go to the process's
+:class:`~ah.nodes.vad_batcher.WindowBatcher`, which scores the windows of all sessions waiting at that
+moment in one ONNX call on the ``vad`` pool (see that module for why: at 100 sessions, scoring inline
+was ~40 % of the loop's core; batched, a window costs less than half as much, on the other core).
 """
 
 from __future__ import annotations
@@ -29,14 +27,13 @@ from typing import Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from ah.nodes.inference import load_shared, ort_session, run_blocking
+from ah.nodes.inference import load_shared, ort_session
 from ah.nodes.model_store import require
+from ah.nodes.vad_batcher import SileroState, batcher
 from ah.runtime.sdk import AudioFrame, Input, Node, Output, Params, VadFrame
 
 SR = 16000
 WINDOW = 512  # samples per decision: 32 ms
-CONTEXT = 64  # samples of the previous window the model sees in front of each one
-INLINE_MAX_WINDOWS = 4  # more windows than this in one frame are scored off the event loop
 POOL = "vad"
 MODEL = "silero-vad"
 
@@ -69,31 +66,6 @@ class SileroVadParams(Params):
 def _load_model() -> Any:
     path = require(MODEL) / "silero_vad.onnx"
     return ort_session(path, threads=1)
-
-
-class _Scorer:
-    """One session's model state: feeds windows through the shared network, keeps state and context."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.state = np.zeros((2, 1, 128), dtype=np.float32)
-        self.context = np.zeros(CONTEXT, dtype=np.float32)
-        self.sr = np.array(SR, dtype=np.int64)
-
-    def score(self, samples: np.ndarray) -> list[float]:
-        """Speech probability of each whole window in ``samples`` (float32, a multiple of WINDOW long)."""
-        probs: list[float] = []
-        run = self.model.run
-        state, context = self.state, self.context
-        for i in range(0, len(samples), WINDOW):
-            win = samples[i : i + WINDOW]
-            out, state = run(
-                None, {"input": np.concatenate((context, win))[None, :], "state": state, "sr": self.sr}
-            )
-            context = win[-CONTEXT:]
-            probs.append(float(out[0, 0]))
-        self.state, self.context = state, context
-        return probs
 
 
 class _Decider:
@@ -164,7 +136,8 @@ class SileroVad(Node[SileroVadParams]):
         self._model = await load_shared("onnx", path / "silero_vad.onnx", _load_model, pool=POOL)
 
     async def run(self) -> None:
-        scorer = _Scorer(self._model)
+        scorer = batcher(self._model, POOL)
+        state = SileroState()
         decider = _Decider(self.params)
         pending = np.zeros(0, dtype=np.float32)
         async for frame in self.audio:
@@ -177,10 +150,7 @@ class SileroVad(Node[SileroVadParams]):
             if not whole:
                 continue
             batch, pending = pending[:whole], pending[whole:]
-            if whole // WINDOW <= INLINE_MAX_WINDOWS:
-                probs = scorer.score(batch)
-            else:
-                probs = await run_blocking(POOL, scorer.score, batch)
+            probs = await scorer.score(state, batch)
             for prob in probs:
                 await self.events.send(VadFrame("score", decider.windows * WINDOW / SR + WINDOW / SR, prob))
                 change = decider.feed(prob)

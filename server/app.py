@@ -34,6 +34,8 @@ from ah.runtime.graph_loader import Graph
 from ah.runtime.session import Session
 from ah.server.access import AccessMode, AccessPolicy
 from ah.server.connection import WebSocketConnection
+from ah.server.gate import GatedListener, gate_websockets_server
+from ah.server.occupancy import OccupancyTable
 from ah.telemetry.hub import PROMETHEUS_CONTENT_TYPE, Telemetry
 
 log = logging.getLogger("ah.server")
@@ -54,6 +56,10 @@ class ServerConfig:
     # A listening socket made by someone else (``ah run --workers N``: the supervisor binds once and
     # every worker accepts from it); when set, host and port are not bound here.
     listen_fd: int | None = None
+    # ``--workers N`` with a session limit: the supervisor's shared table of each worker's room, and
+    # this worker's slot in it (0-based). A full worker then stops accepting while a sibling has room.
+    occupancy_fd: int | None = None
+    worker_slot: int = 0
     backlog: int = 1024  # connections the kernel queues before one is accepted (a burst of sessions)
     # permessage-deflate on the WebSocket. Off by default: nearly every byte is base64 PCM audio, which
     # deflate shrinks little (mostly the base64 overhead back), while compressing every message costs
@@ -116,6 +122,10 @@ class AgentServer:
         self._idle.set()
         self._drain_deadline = 0.0
         self._drain_task: asyncio.Task[None] | None = None
+        # With --workers and a limit: connections accepted whose fate (a session, or a plain HTTP
+        # request) is not known yet; they count against this worker's room, see room().
+        self._gate: GatedListener | None = None
+        self._admitting: set[ServerConnection] = set()
         self.port = self.config.port
         self.instance = instance_name()
 
@@ -159,6 +169,12 @@ class AgentServer:
         return self._json(200, {"signed_url": f"{self._ws_base(request)}{CONVERSATION_PATH}?{params}"})
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        response = self._route(connection, request)
+        if response is not None:  # a plain HTTP answer: this connection will not be a session
+            self._settle(connection)
+        return response
+
+    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         query = _query(request.path)
         path = urlsplit(request.path).path.rstrip("/") or "/"
         if path == "/healthz":
@@ -210,19 +226,46 @@ class AgentServer:
     def at_capacity(self) -> bool:
         return bool(self.config.max_sessions) and len(self.sessions) >= self.config.max_sessions
 
+    def room(self) -> int:
+        """Sessions this process can still start (with --workers, what its siblings see): the limit
+        less the running sessions and the connections whose request has not been read yet."""
+        if self.draining:
+            return 0
+        return self.config.max_sessions - len(self.sessions) - len(self._admitting)
+
+    def _adopted(self, protocol: Any) -> None:
+        """The gate accepted a connection: it may be a session, so it counts against room() until
+        its request says what it is (``_settle``) or it closes."""
+        self._admitting.add(protocol)
+
+    def _settle(self, connection: ServerConnection) -> None:
+        if connection in self._admitting:
+            self._admitting.discard(connection)
+            self._occupancy_changed()
+
+    def _occupancy_changed(self) -> None:
+        if self._gate is not None:
+            self._gate.update()
+
     # -- WebSocket sessions --------------------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
         assert request is not None
+        # From here to the session's registration nothing awaits, so the connection leaves "admitting"
+        # and enters the sessions in one step: room() never looks larger than it is (each refusal
+        # below publishes the change itself).
+        self._admitting.discard(ws)
         query = _query(request.path)
         agent_id = query.get("agent_id", "")
         conn = WebSocketConnection(ws, close_timeout_s=self.config.close_timeout_s)
         graph = self.graphs.get(agent_id)
         if graph is None:
             given = f"unknown agent_id {agent_id[:40]!r}" if agent_id else "no agent_id in the URL"
+            self._occupancy_changed()
             await conn.close(1008, f"{given}; this server has: {self._known()}")
             return
         if self.draining:
+            self._occupancy_changed()
             await conn.close(1013, "server is draining; try again")
             return
         if self.at_capacity():
@@ -230,6 +273,7 @@ class AgentServer:
             # already running keep their latency; /readyz says 503 meanwhile so a balancer looks elsewhere.
             self.refused_sessions += 1
             log.info("refused a session to %s: at the session limit (%d)", agent_id, self.config.max_sessions)
+            self._occupancy_changed()
             await conn.close(
                 1013, f"try again later: this server is at its session limit ({self.config.max_sessions})"
             )
@@ -244,6 +288,7 @@ class AgentServer:
         self.sessions[session.id] = session
         self._idle.clear()
         self.started_sessions += 1
+        self._occupancy_changed()
         t0 = time.monotonic()
         try:
             result = await session.run()
@@ -251,6 +296,7 @@ class AgentServer:
             self.sessions.pop(session.id, None)
             if not self.sessions:
                 self._idle.set()
+            self._occupancy_changed()
         if result.ok:
             await conn.close(1000, "session ended")
         else:
@@ -285,10 +331,14 @@ class AgentServer:
         where: dict[str, Any] = {"host": self.config.host, "port": self.config.port}
         if self.config.listen_fd is not None:
             where = {"sock": socket.socket(fileno=self.config.listen_fd)}
-        self._server = await serve(
+        gated = self.config.listen_fd is not None and self.config.occupancy_fd is not None
+        if gated:  # the gate accepts from the socket, not the event loop's server (ah.server.gate)
+            listen_sock = where.pop("sock")
+        else:
+            where["backlog"] = self.config.backlog
+        server = serve(
             self._handle,
             **where,
-            backlog=self.config.backlog,
             compression="deflate" if self.config.compression else None,
             process_request=self._process_request,
             process_response=self._process_response,
@@ -297,9 +347,39 @@ class AgentServer:
             ping_interval=20,
             ping_timeout=20,
             close_timeout=self.config.close_timeout_s,
+            create_connection=self._connection_class(),
         )
+        if gated:
+            assert self.config.occupancy_fd is not None
+            table = OccupancyTable.attach(self.config.occupancy_fd)
+            if not 0 <= self.config.worker_slot < table.slots:
+                raise ValueError(f"worker slot {self.config.worker_slot} outside the table ({table.slots})")
+            self._gate = gate_websockets_server(
+                server,
+                {
+                    "sock": listen_sock,
+                    "table": table,
+                    "index": self.config.worker_slot,
+                    "room": self.room,
+                    "adopted": self._adopted,
+                },
+            )
+        self._server = await server
+        await self._server.start_serving()  # the gate does not start until asked (loop servers have)
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
+
+    def _connection_class(self) -> type[ServerConnection]:
+        """``ServerConnection`` that tells us when it closes, so a connection that never sent its
+        request (or failed its handshake) stops counting against this worker's room."""
+        agent = self
+
+        class Connection(ServerConnection):
+            def connection_lost(self, exc: Exception | None) -> None:
+                super().connection_lost(exc)
+                agent._settle(self)
+
+        return Connection
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Stop taking sessions; let running ones finish up to the deadline; then close them normally
@@ -310,6 +390,7 @@ class AgentServer:
             await self._stopped.wait()
             return
         self.draining = True
+        self._occupancy_changed()  # no room: siblings with room take the new connections
         self._drain_deadline = time.monotonic() + timeout
         log.info("draining: %d session(s) running; they have %.0f s to finish", len(self.sessions), timeout)
         while not self._idle.is_set():

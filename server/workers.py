@@ -27,6 +27,13 @@ forwarded to every worker, each drains (``--drain-timeout``), and the supervisor
 a second signal is forwarded too, which ends the workers' drains at once. Workers run in their own
 process group (Ctrl-C reaches only the supervisor, which forwards it once) and drain by themselves if
 the supervisor disappears.
+
+With a session limit (``--max-sessions K``, per worker) the supervisor also creates the occupancy
+table (``ah.server.occupancy``), one slot per worker, inherited like the socket: each worker publishes
+its room there and stands aside from the shared socket while it is full and a sibling is not
+(``ah.server.gate``), so the server refuses (1013) only when all N x K sessions are taken. The
+supervisor zeroes a worker's slot before starting it and as soon as it exits, so a dead worker's last
+word never counts.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from ah.server.occupancy import OccupancyTable
 
 log = logging.getLogger("ah.supervisor")
 
@@ -90,6 +99,7 @@ class Supervisor:
         *,
         env: dict[str, str] | None = None,
         ready_timeout_s: float = 120.0,
+        table: OccupancyTable | None = None,
     ) -> None:
         if count < 1:
             raise ValueError("at least one worker")
@@ -98,11 +108,14 @@ class Supervisor:
         self.workers = [Worker(i + 1) for i in range(count)]
         self.env = env
         self.ready_timeout_s = ready_timeout_s
+        if table is not None and table.slots != count:
+            raise ValueError(f"occupancy table has {table.slots} slots for {count} workers")
+        self.table = table
         self.stopping = False
         self.signals = 0
 
     def _command(self, worker: Worker) -> list[str]:
-        return [
+        command = [
             sys.executable,
             "-m",
             "ah.cli",
@@ -113,13 +126,22 @@ class Supervisor:
             "--worker-id",
             str(worker.index),
         ]
+        if self.table is not None:
+            command += ["--occupancy-fd", str(self.table.fd)]
+        return command
+
+    def _reset_slot(self, worker: Worker) -> None:
+        if self.table is not None:
+            self.table.reset(worker.index - 1)
 
     async def _spawn(self, worker: Worker) -> None:
+        self._reset_slot(worker)  # no room until the new process is listening and says so
+        fds = (self.sock.fileno(),) if self.table is None else (self.sock.fileno(), self.table.fd)
         worker.proc = await asyncio.create_subprocess_exec(
             *self._command(worker),
             stdout=asyncio.subprocess.PIPE,
             stdin=asyncio.subprocess.DEVNULL,
-            pass_fds=(self.sock.fileno(),),
+            pass_fds=fds,
             start_new_session=True,  # Ctrl-C in a terminal reaches the supervisor only
             env={**os.environ, **(self.env or {})},
         )
@@ -183,6 +205,7 @@ class Supervisor:
             proc = worker.proc
             assert proc is not None
             code = await proc.wait()
+            self._reset_slot(worker)  # its last published room must not keep siblings standing aside
             if self.stopping:
                 return
             lived = time.monotonic() - worker.started
@@ -234,6 +257,8 @@ class Supervisor:
                 with contextlib.suppress(NotImplementedError):
                     loop.remove_signal_handler(sig)
             self.sock.close()
+            if self.table is not None:
+                self.table.close()
         codes = [w.proc.returncode for w in self.workers if w.proc is not None]
         bad = [(w.index, c) for w, c in zip(self.workers, codes, strict=True) if c]
         for index, code in bad:

@@ -81,6 +81,9 @@ class TurnTracker:
         self.info = SessionInfo("", "", "", "")
         self.turns: dict[int, TurnRecord] = {}  # by reply scope
         self.pending: TurnRecord | None = None  # user speech not yet committed
+        # The last spoken turn: a turn policy may commit on a tentative transcript (held preemptive
+        # reply), so that turn's final transcript comes after its commit and belongs to it.
+        self.last_spoken: TurnRecord | None = None
         self.finished: list[TurnRecord] = []
         self._next_index = 0
         self._session: Session | None = None
@@ -194,7 +197,10 @@ class TurnTracker:
         if not f.final:
             return
         turn = self.pending
-        if turn is None:  # an STT that endpoints by itself, without a VAD in the graph
+        late = self.last_spoken
+        if turn is None and late is not None and late.stt_end is None and late.reply_end is None:
+            turn = late  # committed before its final transcript (on a tentative one)
+        elif turn is None:  # an STT that endpoints by itself, without a VAD in the graph
             turn = self.pending = TurnRecord(speech_start=self._now())
         turn.stt_end = self._now()
         turn.stt_node = node_type
@@ -215,6 +221,7 @@ class TurnTracker:
             self.pending = None
             if f.t_end_of_speech is None and turn.speech_end is None:
                 turn.speech_end = now
+            self.last_spoken = turn
         turn.scope = f.scope
         turn.commit = now
         turn.user_text = f.text or turn.user_text

@@ -204,3 +204,31 @@ def test_speech_that_does_not_interrupt_does_not_start_the_barge_in_clock() -> N
     r.scopes.cancel(scope)
     r.tracker.on_event(SessionEvent("session_ended", "", {"ok": True}))
     assert r.sink.turns[0].figures()["barge_in_reaction_ms"] == pytest.approx(300.0)
+
+
+def test_a_final_transcript_after_a_commit_on_the_tentative_one_belongs_to_that_turn() -> None:
+    """cloud.yaml commits on stt.groq's tentative transcript; the final one comes after the commit.
+
+    It used to start a phantom next turn, whose stale transcript time gave the real next turn a
+    negative stt_ms (seen as -3.8 s in the capacity benchmark's per-turn files).
+    """
+    r = Rig()
+    for k, (start, end) in enumerate(((1.0, 2.0), (6.0, 7.0))):
+        r.at(start + 0.064)
+        r.send("vad.events", VadFrame("start", start, 0.9, confirmed_at=start + 0.064))
+        r.at(end + 0.16)
+        r.send("vad.events", VadFrame("end", end, 0.1, confirmed_at=end + 0.16))
+        r.send("stt.transcripts", TranscriptFrame("hello there", False, 0.8, start, end))  # tentative
+        r.at(end + 0.4)
+        scope = r.scopes.open("reply")
+        r.send("turn.turns", UserTurnFrame("hello there", scope=scope, t_end_of_speech=end))
+        r.at(end + 0.45)
+        r.send("stt.transcripts", TranscriptFrame("hello there", True, 0.9, start, end))  # final, late
+        r.reply(scope, first_token=end + 0.5, first_audio=end + 0.6, sent=end + 0.602)
+        r.at(end + 3.0)
+        r.scopes.finish(scope)
+        assert len(r.sink.turns) == k + 1
+    for turn in r.sink.turns:
+        figures = turn.figures()
+        assert figures["stt_ms"] == pytest.approx(290.0)  # VAD end seen at +160 ms, final at +450 ms
+        assert figures["asr_confidence"] == pytest.approx(0.9)

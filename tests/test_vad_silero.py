@@ -8,7 +8,6 @@ of the same audio must give identical scores, whatever the frame size and whatev
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import numpy as np
@@ -141,26 +140,45 @@ def test_a_missing_model_fails_the_session_at_setup_naming_the_fix(
     assert frames_of(s) == []  # it failed before any node ran
 
 
-def test_per_window_cost_inline_and_off_loop() -> None:
-    """Prints what the inline / off-loop choice in nodes/vad_silero.py rests on (not asserted)."""
-    from ah.nodes.inference import run_blocking
-    from ah.nodes.vad_silero import POOL, WINDOW, _load_model, _Scorer
+def test_sessions_scored_in_one_batch_get_what_each_gets_alone() -> None:
+    """The process-wide batcher mixes sessions in one ONNX call; no session may hear another's audio."""
+    from ah.nodes.vad_batcher import WINDOW, SileroState, batcher, score_batch
+    from ah.nodes.vad_silero import POOL, _load_model
 
-    x = read_wav("user_03.wav").astype(np.float32) / 32768
-    n = len(x) // WINDOW
-    scorer = _Scorer(_load_model())
+    model = _load_model()
+    clips = [
+        read_wav(name).astype(np.float32) / 32768 for name in ("user_01.wav", "user_03.wav", "cough.wav")
+    ]
 
-    async def main() -> tuple[float, float]:
-        t = time.perf_counter()
-        for i in range(n):
-            scorer.score(x[i * WINDOW : (i + 1) * WINDOW])
-        inline = (time.perf_counter() - t) / n
-        t = time.perf_counter()
-        for i in range(n):
-            await run_blocking(POOL, scorer.score, x[i * WINDOW : (i + 1) * WINDOW])
-        return inline, (time.perf_counter() - t) / n
+    def alone(x: np.ndarray) -> list[float]:
+        from ah.nodes.vad_batcher import _Request
 
-    inline, pooled = asyncio.run(main())
-    print(
-        f"\nvad.silero per 512-sample window: inline {inline * 1e3:.3f} ms, via the pool {pooled * 1e3:.3f} ms"
-    )
+        state, probs = SileroState(), []
+        for i in range(len(x) // WINDOW):  # one window per call, batch of one: the reference
+            r = _Request(state, x[None, i * WINDOW : (i + 1) * WINDOW], None)  # type: ignore[arg-type]
+            score_batch(model, [r])
+            assert r.state is not None and r.context is not None
+            state.state, state.context = r.state, r.context
+            probs += r.probs
+        return probs
+
+    async def together() -> tuple[list[list[float]], int]:
+        scorer = batcher(model, POOL)
+        steps = (1, 3, 2)  # windows per frame differ per session, so batches are ragged
+
+        async def run(x: np.ndarray, step: int) -> list[float]:
+            state, probs = SileroState(), []
+            n = len(x) // WINDOW
+            for i in range(0, n, step):
+                probs += await scorer.score(state, x[i * WINDOW : min(n, i + step) * WINDOW])
+            return probs
+
+        out = await asyncio.gather(*(run(x, k) for x, k in zip(clips, steps, strict=True)))
+        return list(out), scorer.largest
+
+    batched, largest = asyncio.run(together())
+    assert largest > 1  # they did share calls
+    for x, probs in zip(clips, batched, strict=True):
+        ref = alone(x)
+        assert len(probs) == len(ref) == len(x) // WINDOW
+        assert np.allclose(probs, ref, atol=1e-5), max(abs(a - b) for a, b in zip(probs, ref, strict=True))

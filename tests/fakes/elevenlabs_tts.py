@@ -159,7 +159,9 @@ class FakeElevenLabsTts:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with serve(self._handle, "127.0.0.1", self._port, process_request=self._process_request) as srv:
+        async with serve(
+            self._handle, "127.0.0.1", self._port, process_request=self._process_request, backlog=1024
+        ) as srv:
             self._server = srv
             self._port = next(iter(srv.sockets)).getsockname()[1]
             self._ready.set()

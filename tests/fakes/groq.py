@@ -106,8 +106,7 @@ class FakeGroq:
         self._reply_n = itertools.count()
         self._transcript_n = itertools.count()
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", port), _Handler)
         self._httpd.fake = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
 
@@ -164,6 +163,18 @@ class FakeGroq:
 
     def of(self, path: str) -> list[RequestLog]:
         return [r for r in self.requests if r.path.endswith(path)]
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, and a listen queue as deep as a real API front end's.
+
+    The standard library's default queue is 5 connections: when a hundred sessions open their first
+    connection in the same second, the kernel drops the rest, the clients' SYN retry comes a second
+    later, and the benchmark measured that second as load (issue 9's capacity runs did).
+    """
+
+    request_queue_size = 1024
+    daemon_threads = True
 
 
 class _Handler(BaseHTTPRequestHandler):
