@@ -11,8 +11,9 @@ Processes, so that the clients' own load can be told apart from the server's:
 * the **fake providers** where the graph needs them (``--fakes``: the Groq and ElevenLabs fakes of
   ``tests/fakes``, latencies as in the cloud benchmark), in a process of their own;
 * the **clients** (this process, on uvloop): N conversations streaming 40 ms ``user_audio_chunk``
-  messages paced to the wall clock and answering every ``ping`` (``experiments/protocol_load.py``'s
-  client). A turn: 1.0 s of loud tone, silence until the reply has been heard, 0.5 s more silence.
+  messages paced to the wall clock and answering every ``ping`` (``experiments/load_harness.py``'s
+  client, as in ``protocol_load.py``). A turn: 1.0 s of loud tone, silence until the reply has been
+  heard, 0.5 s more silence.
 
 Per level: response latency p50/p99 (last voiced chunk sent -> first agent audio received,
 ARCHITECTURE.md §5), server event-loop lag p99, server CPU (cores, and ms per session-second),
@@ -29,8 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import shlex
-import signal
 import sys
 import tempfile
 import time
@@ -42,16 +41,28 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from experiments.fake_providers import FakeSettings, start_fakes, stop_fakes  # noqa: E402
-from experiments.protocol_load import (  # noqa: E402 - this folder is not a package on sys.path by default
+from experiments.load_harness import (  # noqa: E402 - this folder is not a package on sys.path by default
     LagProbe,
     SessionRun,
+    build_server,
+    command_line,
+    conversation_url,
     dist,
+    graph_label,
     lag_attribution,
     machine_info,
     now,
     proc_cpu_s,
     proc_rss_mb,
+    run_clients,
     run_session,
+    serve,
+    spawn_server,
+    speech_chunks,
+    stop_server,
+    turns_progress,
+    watch_peak_rss,
+    window,
 )
 
 SELF = str(Path(__file__).resolve())
@@ -68,42 +79,24 @@ def serve_child(
     graph_file: str, stats_file: str, profile_file: str = "", compression: str = "", max_sessions: str = "0"
 ) -> None:
     import cProfile
-    import logging
 
     from ah.cli.main import _run_loop
-    from ah.runtime.graph_loader import load_graph
-    from ah.server.access import AccessPolicy
-    from ah.server.app import AgentServer, ServerConfig
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     lag = LagProbe()
-    graph = load_graph(Path(graph_file))
-    config = ServerConfig(
-        port=0, drain_timeout_s=2.0, compression=compression == "1", max_sessions=int(max_sessions or 0)
+    server, agent_id = build_server(
+        graph_file, compression=compression == "1", max_sessions=int(max_sessions or 0)
     )
-    server = AgentServer({graph.name: graph}, config, AccessPolicy())
-
-    async def main() -> None:
-        await server.preload()
-        await server.start()
-        probe = asyncio.get_running_loop().create_task(lag.run())
-        print(f"PORT {server.port} {graph.name}", flush=True)
-        try:
-            await server.serve_forever()
-        finally:
-            probe.cancel()
-
     profiler = cProfile.Profile() if profile_file else None
     try:
         if profiler is not None:
             profiler.enable()
-        _run_loop(main())  # uvloop, as `ah run`
+        _run_loop(serve(server, agent_id, lag.run))  # uvloop, as `ah run`
     finally:
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(profile_file)
         out = {
-            "lag": {"t": lag.t, "d": lag.lag, "c": lag.cpu},
+            "lag": lag.series(),
             "started_sessions": server.started_sessions,
             "failed_sessions": server.failed_sessions,
         }
@@ -161,7 +154,7 @@ def summarise_level(level: Level, lag: dict[str, list[float]], rss_idle_mb: floa
     no_reply = sum(1 for t in turns if t.timed_out or t.first_audio_at is None)
     wall = level.end - level.start
     audio_s = sum(r.closed_at - t0 for r, t0 in zip(runs, level.starts, strict=True))  # session-seconds
-    lag_ms = [d for t, d in zip(lag["t"], lag["d"], strict=True) if level.start <= t <= level.end]
+    lag_ms = window(lag, level.start, level.end)
     lag_cause = lag_attribution(lag, level.start, level.end) if lag.get("c") else {}
     excess: dict[str, Any] = {}
     if level.excess:
@@ -209,26 +202,6 @@ def summarise_level(level: Level, lag: dict[str, list[float]], rss_idle_mb: floa
     }
 
 
-def use_speech(wav: Path) -> None:
-    """Clients say the speech of ``wav`` (its voiced part, per tests/fixtures/audio/transcripts.json)
-    instead of a tone: Silero VAD (graphs/cloud.yaml) hears speech, not a sine. protocol_load's client
-    takes its audio from ``_chunks()``; this process swaps that one function."""
-    import wave
-
-    import experiments.protocol_load as pl
-
-    with wave.open(str(wav)) as w:
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2), wav
-        pcm = w.readframes(w.getnframes())
-    spans = json.loads((wav.parent / "transcripts.json").read_text()).get(wav.name, {}).get("speech")
-    if spans:
-        a, b = spans[0][0], spans[-1][1]
-        pcm = pcm[int(a * 16000) * 2 : int(b * 16000) * 2]
-    step = pl.CHUNK_BYTES
-    chunks = [pcm[i : i + step].ljust(step, b"\0") for i in range(0, len(pcm), step)]
-    pl._chunks = lambda: (chunks, bytes(step))
-
-
 async def hammer_excess(url: str, level: Level, rate: float) -> None:
     """While every session of the level is running (from just after the last one started, for 3 s;
     with --turns 2 or more a session outlasts the stagger), open ``rate`` extra connections a
@@ -241,9 +214,8 @@ async def hammer_excess(url: str, level: Level, rate: float) -> None:
     level.excess = list(await asyncio.gather(*tasks))
 
 
-async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+async def run_levels(args: argparse.Namespace, console: Any, voice: list[bytes] | None) -> dict[str, Any]:
+    """``voice``: what each client says in a turn (None: the 1 s tone)."""
     tmp = Path(tempfile.mkdtemp(prefix="ah_capacity_"))
     stats_file, server_log = tmp / "server.json", tmp / "server.log"
     env = {**os.environ, **dict(kv.split("=", 1) for kv in args.env)}
@@ -252,37 +224,23 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
         settings = FakeSettings() if args.provider_spread else FakeSettings().fixed()
         fakes, fake_env = await start_fakes(settings, tmp / "fakes.json")
         env.update(fake_env)
-    with server_log.open("wb") as log_f:
-        server = await asyncio.create_subprocess_exec(
-            sys.executable, SELF, "--_serve", str(args.graph), str(stats_file), str(args.profile or ""),
-            "1" if args.compression else "0",
-            str(args.admission),
-            stdout=asyncio.subprocess.PIPE, stderr=log_f, cwd=ROOT, env=env,
-        )  # fmt: skip
-    assert server.stdout is not None
-    line = (await asyncio.wait_for(server.stdout.readline(), 120)).decode().split()
-    if not line or line[0] != "PORT":
-        raise SystemExit(f"server did not start; see {server_log}:\n{server_log.read_text()[-2000:]}")
-    port, agent_id = int(line[1]), line[2]
-    url = f"ws://127.0.0.1:{port}/v1/convai/conversation?agent_id={agent_id}"
+    server, port, agent_id = await spawn_server(
+        [SELF, "--_serve", str(args.graph), str(stats_file), str(args.profile or ""),
+         "1" if args.compression else "0", str(args.admission)],
+        server_log, start_timeout_s=120, env=env,
+    )  # fmt: skip
+    url = conversation_url(port, agent_id)
     console.print(f"server pid {server.pid} on port {port} ({agent_id}); clients in pid {os.getpid()}")
     levels: list[Level] = []
     client_lag = LagProbe()
     lag_task = asyncio.get_running_loop().create_task(client_lag.run())
     try:
-        warm = await run_session(url, "warmup", 1, now(), lambda: None)
+        warm = await run_session(url, "warmup", 1, now(), lambda: None, voice)
         if warm.failure or not warm.turns or warm.turns[0].timed_out:
             raise SystemExit(f"warm-up session failed: {warm.failure or 'turn timed out'}")
         await asyncio.sleep(1.0)
         rss_idle = proc_rss_mb(server.pid)
-        with Progress(
-            TextColumn("{task.description:<14}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("turns"),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
+        with turns_progress(console) as progress:
             plan = [(n, False) for n in args.levels]
             if args.admission:
                 plan.append((args.admission, True))  # the limit, full, with connections beyond it
@@ -294,13 +252,7 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
                 task = progress.add_task(label, total=n * turns)
                 level = Level(n)
                 level.rss_before_mb = level.rss_peak_mb = proc_rss_mb(server.pid)
-
-                async def watch_rss(lv: Level = level) -> None:
-                    while True:
-                        await asyncio.sleep(0.25)
-                        lv.rss_peak_mb = max(lv.rss_peak_mb, proc_rss_mb(server.pid))
-
-                watcher = asyncio.get_running_loop().create_task(watch_rss())
+                watcher = asyncio.get_running_loop().create_task(watch_peak_rss(server.pid, level))
                 cpu0, ccpu0 = proc_cpu_s(server.pid), time.process_time()
                 fcpu0 = proc_cpu_s(fakes.pid) if fakes is not None else 0.0
                 level.start = now()
@@ -317,7 +269,7 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
                         *(
                             run_session(
                                 url, f"user{i:03d}", turns, level.starts[i],
-                                lambda t=task: progress.advance(t),
+                                lambda t=task: progress.advance(t), voice,
                             )
                             for i in range(n)
                         )
@@ -336,13 +288,7 @@ async def run_levels(args: argparse.Namespace, console: Any) -> dict[str, Any]:
         lag_task.cancel()
         if fakes is not None:
             await stop_fakes(fakes, tmp / "fakes.json")
-        if server.returncode is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(server.wait(), 30)
-            except TimeoutError:
-                server.kill()
-                await server.wait()
+        await stop_server(server)
     stats = json.loads(stats_file.read_text()) if stats_file.exists() else {"lag": {"t": [], "d": []}}
     rows = [summarise_level(lv, stats["lag"], rss_idle) for lv in levels]
     for row, lv in zip(rows, levels, strict=True):
@@ -507,28 +453,21 @@ def main() -> None:
     console = Console()
     if args.speech is None and args.fakes:
         args.speech = ROOT / "tests" / "fixtures" / "audio" / "user_01.wav"
-    if args.speech is not None:
-        use_speech(args.speech)
+    voice = speech_chunks(args.speech) if args.speech is not None else None
     started = datetime.now(UTC).isoformat(timespec="seconds")
     machine = machine_info()
     t0 = time.monotonic()
-    try:
-        import uvloop
-
-        result = uvloop.run(run_levels(args, console))
-    except ImportError:
-        result = asyncio.run(run_levels(args, console))
+    result = run_clients(run_levels(args, console, voice))
     machine["loadavg_end"] = os.getloadavg()
-    graph = args.graph.resolve()
     doc = {
         "benchmark": "capacity",
-        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv]),
+        "command": command_line(),
         "started_at": started,
         "duration_s": round(time.monotonic() - t0, 1),
         "config": {
             "levels": args.levels,
             "turns": args.turns,
-            "graph": str(graph.relative_to(ROOT)) if graph.is_relative_to(ROOT) else str(graph),
+            "graph": graph_label(args.graph),
             "stagger_s": args.stagger_s,
             "compression": args.compression,
             "fakes": (FakeSettings() if args.provider_spread else FakeSettings().fixed()).__dict__

@@ -31,6 +31,9 @@ Phases, in one server process: warm-up (1 session, 1 turn, not reported), idle (
 probe), 1 session (the baseline), N sessions. Server CPU time per phase comes from
 ``/proc/PID/stat`` (utime + stime); "net" subtracts the idle rate (the echo probe's cost).
 
+The client, the lag probe, the ``/proc`` readings and the distributions are those of
+``experiments/load_harness.py``, shared with ``capacity.py`` and ``soak.py``.
+
 Results go to ``experiments/results/protocol_load.json``; the table shows N vs 1 ratios.
 """
 
@@ -38,35 +41,50 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import os
-import platform
-import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from experiments.load_harness import (  # noqa: E402 - this folder is not a package on sys.path by default
+    BURST_S,
+    CHUNK_S,
+    GAP_S,
+    LAG_INTERVAL_S,
+    LagProbe,
+    SessionRun,
+    build_server,
+    command_line,
+    conversation_url,
+    dist,
+    init_message,
+    lag_attribution,
+    machine_info,
+    now,
+    pong_message,
+    proc_cpu_s,
+    proc_rss_mb,
+    run_session,
+    serve,
+    spawn_server,
+    stop_server,
+    turns_progress,
+    watch_peak_rss,
+    window,
+)
+
 SELF = str(Path(__file__).resolve())
 DEFAULT_GRAPH = ROOT / "tests" / "graphs" / "scripted_voice.yaml"
 RESULTS = Path(__file__).resolve().parent / "results" / "protocol_load.json"
-SR = 16000
-CHUNK_S = 0.040
-CHUNK_BYTES = int(SR * CHUNK_S) * 2
-BURST_S = 1.0
-GAP_S = 0.5
-LAG_INTERVAL_S = 0.010
 PROBE_INTERVAL_S = 0.200
 PROBE_TYPE = "ah_load_probe"
 # What scripted_voice.yaml says, turn by turn (stt.scripted lines and llm.scripted replies cycle).
@@ -75,50 +93,6 @@ REPLIES = [
     "It is sunny today, {name}. Expect clear skies all afternoon and a light breeze in the evening.",
     "There is not much more to say about it, really.",
 ]
-now = time.perf_counter  # CLOCK_MONOTONIC on Linux: the same clock in every process
-
-
-def _url(port: int, agent_id: str) -> str:
-    return f"ws://127.0.0.1:{port}/v1/convai/conversation?agent_id={agent_id}"
-
-
-class LagProbe:
-    """Sleeps 10 ms in a loop and records (when, how late, CPU this thread used meanwhile).
-
-    The CPU figure tells the two causes of lag apart: the loop busy with its own callbacks (CPU
-    about equal to the elapsed time) or the process not running at all (preempted on a shared
-    machine, or blocked in a system call: CPU well below the elapsed time)."""
-
-    def __init__(self) -> None:
-        self.t: list[float] = []
-        self.lag: list[float] = []
-        self.cpu: list[float] = []
-
-    async def run(self) -> None:
-        while True:
-            t0, c0 = now(), time.thread_time()
-            await asyncio.sleep(LAG_INTERVAL_S)
-            t1 = now()
-            self.t.append(t1)
-            self.lag.append(max(0.0, t1 - t0 - LAG_INTERVAL_S))
-            self.cpu.append(time.thread_time() - c0)
-
-
-def lag_attribution(
-    lag: dict[str, list[float]], a: float, b: float, threshold_s: float = 0.005
-) -> dict[str, Any]:
-    """Split lag into the server's own work and the machine's: a tick can be late by no more than
-    the CPU the loop used during it (min(lag, cpu) bounds the lag the server caused itself); a
-    spike with CPU under half the lag is mostly the process not running (preempted on a shared
-    machine)."""
-    ticks = [(d, c) for t, d, c in zip(lag["t"], lag["d"], lag["c"], strict=True) if a <= t <= b]
-    spikes = [(d, c) for d, c in ticks if d > threshold_s]
-    return {
-        "own_work_bound_ms": dist([min(d, c) for d, c in ticks], 1000, 3),
-        "spike_threshold_ms": threshold_s * 1000,
-        "spikes": len(spikes),
-        "spikes_mostly_not_running": sum(1 for d, c in spikes if c < 0.5 * d),
-    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -196,17 +170,9 @@ def _instrument(rec: Recorder) -> None:
 
 
 def serve_child(graph_file: str, stats_file: str, slow_callback_ms: float = 0.0) -> None:
-    import logging
-
-    from ah.runtime.graph_loader import load_graph
-    from ah.server.access import AccessPolicy
-    from ah.server.app import AgentServer, ServerConfig
-
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    server, agent_id = build_server(graph_file)
     rec = Recorder()
     lag = LagProbe()
-    graph = load_graph(Path(graph_file))
-    server = AgentServer({graph.name: graph}, ServerConfig(port=0, drain_timeout_s=2.0), AccessPolicy())
     _instrument(rec)
 
     async def main() -> None:
@@ -214,19 +180,13 @@ def serve_child(graph_file: str, stats_file: str, slow_callback_ms: float = 0.0)
             loop = asyncio.get_running_loop()
             loop.set_debug(True)
             loop.slow_callback_duration = slow_callback_ms / 1000
-        await server.start()
-        probe = asyncio.get_running_loop().create_task(lag.run())
-        print(f"PORT {server.port} {graph.name}", flush=True)
-        try:
-            await server.serve_forever()
-        finally:
-            probe.cancel()
+        await serve(server, agent_id, lag.run, preload=False)  # as this benchmark has always run
 
     try:
-        asyncio.run(main())
+        asyncio.run(main())  # the default asyncio loop
     finally:
         out = {
-            "lag": {"t": lag.t, "d": lag.lag, "c": lag.cpu},
+            "lag": lag.series(),
             "kinds": {k: {"t": t, "d": d, "c": c} for k, (t, d, c) in rec.kinds.items()},
             "started_sessions": server.started_sessions,
             "failed_sessions": server.failed_sessions,
@@ -248,14 +208,7 @@ def probe_child(url: str, out_file: str) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         async with websockets.connect(url, max_size=1 << 24) as ws:
-            await ws.send(
-                json.dumps(
-                    {
-                        "type": "conversation_initiation_client_data",
-                        "dynamic_variables": {"user_name": "probe"},
-                    }
-                )
-            )
+            await ws.send(init_message("probe"))
             replies: asyncio.Queue[float] = asyncio.Queue()
 
             async def receive() -> None:
@@ -263,7 +216,7 @@ def probe_child(url: str, out_file: str) -> None:
                     t = now()
                     msg = json.loads(raw)
                     if msg["type"] == "ping":
-                        await ws.send(json.dumps({"type": "pong", "event_id": msg["ping_event"]["event_id"]}))
+                        await ws.send(pong_message(msg))
                     elif msg["type"] == "error" and PROBE_TYPE in msg["error_event"].get("message", ""):
                         replies.put_nowait(t)
 
@@ -290,166 +243,7 @@ def probe_child(url: str, out_file: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The load clients.
-
-
-def _chunks() -> tuple[list[bytes], bytes]:
-    t = np.arange(int(SR * BURST_S)) / SR
-    burst = (0.5 * 32767 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
-    return [burst[i : i + CHUNK_BYTES] for i in range(0, len(burst), CHUNK_BYTES)], bytes(CHUNK_BYTES)
-
-
-@dataclass
-class Turn:
-    index: int
-    burst_end: float = 0.0  # when the last voiced chunk was sent
-    transcript: str | None = None
-    transcript_at: float | None = None
-    response: str | None = None
-    response_at: float | None = None
-    first_audio_at: float | None = None
-    last_audio_at: float | None = None
-    audio_s: float = 0.0
-    done_at: float | None = None
-    timed_out: bool = False
-
-    @property
-    def latency_s(self) -> float | None:
-        return None if self.first_audio_at is None else self.first_audio_at - self.burst_end
-
-
-@dataclass
-class SessionRun:
-    name: str
-    turns: list[Turn] = field(default_factory=list)
-    sent: dict[str, int] = field(default_factory=dict)
-    received: dict[str, int] = field(default_factory=dict)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    metadata_first: bool = False
-    failure: str = ""
-    closed_at: float = 0.0
-
-
-async def run_session(url: str, name: str, turns: int, start_at: float, on_turn: Any) -> SessionRun:
-    import websockets
-
-    run = SessionRun(name)
-    burst, silence = _chunks()
-    burst_msgs = [json.dumps({"user_audio_chunk": base64.b64encode(c).decode("ascii")}) for c in burst]
-    silence_msg = json.dumps({"user_audio_chunk": base64.b64encode(silence).decode("ascii")})
-    await asyncio.sleep(max(0.0, start_at - now()))
-    sent = run.sent
-    try:
-        async with websockets.connect(url, max_size=1 << 24) as ws:
-            await ws.send(
-                json.dumps(
-                    {"type": "conversation_initiation_client_data", "dynamic_variables": {"user_name": name}}
-                )
-            )
-            sent["init"] = 1
-            current: list[Turn | None] = [None]
-
-            async def receive() -> None:
-                async for raw in ws:
-                    t = now()
-                    msg = json.loads(raw)
-                    kind = msg["type"]
-                    if not run.received:
-                        run.metadata_first = kind == "conversation_initiation_metadata"
-                    run.received[kind] = run.received.get(kind, 0) + 1
-                    turn = current[0]
-                    if kind == "ping":
-                        await ws.send(json.dumps({"type": "pong", "event_id": msg["ping_event"]["event_id"]}))
-                        sent["pong"] = sent.get("pong", 0) + 1
-                    elif kind == "error":
-                        run.errors.append(msg["error_event"])
-                    elif turn is None:
-                        continue
-                    elif kind == "user_transcript" and turn.transcript is None:
-                        turn.transcript = msg["user_transcription_event"]["user_transcript"]
-                        turn.transcript_at = t
-                    elif kind == "agent_response" and turn.response is None:
-                        turn.response = msg["agent_response_event"]["agent_response"]
-                        turn.response_at = t
-                    elif kind == "audio":
-                        if turn.first_audio_at is None:
-                            turn.first_audio_at = t
-                        turn.last_audio_at = t
-                        turn.audio_s += len(msg["audio_event"]["audio_base_64"]) * 3 / 4 / 2 / SR
-
-            receiver = asyncio.get_running_loop().create_task(receive())
-            try:
-                t0 = now()
-                k = 0
-
-                async def send_chunk(text: str) -> float:
-                    nonlocal k
-                    k += 1
-                    await asyncio.sleep(max(0.0, t0 + k * CHUNK_S - now()))  # real time
-                    await ws.send(text)
-                    sent["audio"] = sent.get("audio", 0) + 1
-                    return now()
-
-                for i in range(turns):
-                    turn = Turn(i)
-                    run.turns.append(turn)
-                    current[0] = turn
-                    for text in burst_msgs:
-                        turn.burst_end = await send_chunk(text)
-                    deadline = turn.burst_end + 20.0
-                    while True:  # silence until the reply has been heard (or the turn times out)
-                        t = await send_chunk(silence_msg)
-                        if receiver.done():
-                            raise RuntimeError("connection closed by the server")
-                        if (
-                            turn.response_at is not None
-                            and turn.first_audio_at is not None
-                            and turn.last_audio_at is not None
-                            and t >= turn.first_audio_at + turn.audio_s
-                            and t - turn.last_audio_at >= 0.4
-                        ):
-                            turn.done_at = t
-                            break
-                        if t > deadline:
-                            turn.timed_out = True
-                            break
-                    on_turn()
-                    gap_end = now() + GAP_S
-                    while now() < gap_end:
-                        await send_chunk(silence_msg)
-            finally:
-                receiver.cancel()
-                await asyncio.gather(receiver, return_exceptions=True)
-    except Exception as exc:  # a failed session is a result, not a crash of the benchmark
-        run.failure = f"{type(exc).__name__}: {exc}"
-    run.closed_at = now()
-    return run
-
-
-# ---------------------------------------------------------------------------------------------------
 # Statistics.
-
-
-def pct(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
-
-
-def dist(values: list[float], scale: float = 1.0, digits: int = 2) -> dict[str, Any]:
-    if not values:
-        return {"n": 0}
-    v = np.asarray(values) * scale
-    return {
-        "n": len(v),
-        "mean": round(float(v.mean()), digits),
-        "p50": round(float(np.percentile(v, 50)), digits),
-        "p95": round(float(np.percentile(v, 95)), digits),
-        "p99": round(float(np.percentile(v, 99)), digits),
-        "max": round(float(v.max()), digits),
-    }
-
-
-def window(series: dict[str, list[float]], a: float, b: float, value: str = "d") -> list[float]:
-    return [d for t, d in zip(series["t"], series[value], strict=True) if a <= t <= b]
 
 
 def server_timings(
@@ -461,18 +255,6 @@ def server_timings(
         name: dist([x for s in chosen for x in window(s, a, b, v)], 1e6, 2)
         for v, name in (("d", "wall"), ("c", "cpu"))
     }
-
-
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def proc_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 @dataclass
@@ -488,83 +270,20 @@ class Phase:
     runs: list[SessionRun] = field(default_factory=list)
 
 
-def parse_reference() -> dict[str, float]:
-    """How long parsing one 40 ms user_audio_chunk takes here, hot (back to back) and cold (after a
-    40 ms sleep, as a real-time stream delivers them): a yardstick for the server's own figures."""
-    from ah.nodes.elevenlabs.messages import parse_client_message
-
-    raw = json.dumps({"user_audio_chunk": base64.b64encode(bytes(CHUNK_BYTES)).decode("ascii")})
-    out = {}
-    for label, gap, n in (("hot_p50", 0.0, 2000), ("after_40ms_sleep_p50", CHUNK_S, 40)):
-        ds = []
-        for _ in range(n):
-            if gap:
-                time.sleep(gap)
-            c0 = time.thread_time()
-            parse_client_message(raw)
-            ds.append(time.thread_time() - c0)
-        out[label] = round(float(np.median(ds)) * 1e6, 2)
-    return out
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    commit = ""
-    with contextlib.suppress(Exception):
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-    versions = {}
-    for pkg in ("websockets", "numpy", "pydantic"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[pkg] = metadata.version(pkg)
-    return {
-        "perf_counter_clock": time.get_clock_info("perf_counter").implementation,
-        "parse_user_audio_chunk_us": parse_reference(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)),
-        "loadavg_start": os.getloadavg(),
-        "packages": versions,
-        "git_head": commit,
-    }
-
-
 # ---------------------------------------------------------------------------------------------------
 # The run.
 
 
 async def run_benchmark(args: argparse.Namespace, console: Any) -> dict[str, Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     tmp = Path(tempfile.mkdtemp(prefix="ah_protocol_load_"))
     stats_file, probe_file, server_log = tmp / "server.json", tmp / "probe.json", tmp / "server.log"
     me = SELF
-    with server_log.open("wb") as log_f:
-        server = await asyncio.create_subprocess_exec(
-            sys.executable,
-            me,
-            "--_serve",
-            str(args.graph),
-            str(stats_file),
-            str(args.debug_slow_callback_ms),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log_f,
-            cwd=ROOT,
-        )
-    assert server.stdout is not None
-    line = (await asyncio.wait_for(server.stdout.readline(), 60)).decode().split()
-    if not line or line[0] != "PORT":
-        raise SystemExit(f"server did not start; see {server_log}:\n{server_log.read_text()[-2000:]}")
-    port, agent_id = int(line[1]), line[2]
-    url = _url(port, agent_id)
+    server, port, agent_id = await spawn_server(
+        [me, "--_serve", str(args.graph), str(stats_file), str(args.debug_slow_callback_ms)],
+        server_log,
+        start_timeout_s=60,
+    )
+    url = conversation_url(port, agent_id)
     console.print(
         f"server pid {server.pid} on port {port} ({agent_id}); echo probe every "
         f"{PROBE_INTERVAL_S * 1000:.0f} ms; clients in pid {os.getpid()}"
@@ -588,25 +307,12 @@ async def run_benchmark(args: argparse.Namespace, console: Any) -> dict[str, Any
         plan = [Phase("idle", 0), Phase("sessions_1", 1), Phase(f"sessions_{args.sessions}", args.sessions)]
         if args.sessions == 1:
             plan = plan[:2]
-        with Progress(
-            TextColumn("{task.description:<14}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("turns"),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
+        with turns_progress(console) as progress:
             for phase in plan:
                 task = progress.add_task(phase.name, total=max(1, phase.sessions * args.turns))
                 phase.start, phase.cpu_start = now(), proc_cpu_s(server.pid)
                 phase.rss_start_mb = phase.rss_peak_mb = proc_rss_mb(server.pid)
-
-                async def watch_rss(ph: Phase = phase) -> None:
-                    while True:
-                        await asyncio.sleep(0.25)
-                        ph.rss_peak_mb = max(ph.rss_peak_mb, proc_rss_mb(server.pid))
-
-                watcher = asyncio.get_running_loop().create_task(watch_rss())
+                watcher = asyncio.get_running_loop().create_task(watch_peak_rss(server.pid, phase))
                 if phase.sessions == 0:
                     await asyncio.sleep(args.idle_s)
                     progress.advance(task)
@@ -637,13 +343,7 @@ async def run_benchmark(args: argparse.Namespace, console: Any) -> dict[str, Any
             probe.send_signal(signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(probe.wait(), 10)
-        if server.returncode is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(server.wait(), 30)
-            except TimeoutError:
-                server.kill()
-                await server.wait()
+        await stop_server(server)
     stats = (
         json.loads(stats_file.read_text())
         if stats_file.exists()
@@ -967,7 +667,7 @@ def main() -> None:
     machine["loadavg_end"] = os.getloadavg()
     doc = {
         "benchmark": "protocol_load",
-        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv]),
+        "command": command_line(),
         "started_at": started,
         "duration_s": round(time.monotonic() - t0, 1),
         "config": {

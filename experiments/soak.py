@@ -19,6 +19,9 @@ Faults:
   minutes; each such turn must end in an ``error`` event or a reply (a retry), and the next turn of
   that session must be normal.
 
+The clients' audio, pacing and ``/proc`` readings are ``experiments/load_harness.py``'s, shared with
+``protocol_load.py`` and ``capacity.py``.
+
 A turn "hangs" when neither a reply nor an error arrives within ``--turn-timeout-s``. Results go to
 ``experiments/results/soak.json`` and ``soak.png`` (RSS, running sessions, latency over time).
 """
@@ -27,12 +30,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import random
-import shlex
-import signal
 import sys
 import tempfile
 import time
@@ -46,54 +46,49 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from experiments.fake_providers import FakeSettings, start_fakes, stop_fakes  # noqa: E402
-from experiments.protocol_load import (  # noqa: E402 - this folder is not a package on sys.path by default
+from experiments.load_harness import (  # noqa: E402 - this folder is not a package on sys.path by default
+    CHUNK_BYTES,
+    CHUNK_S,
+    Pacer,
+    audio_message,
+    build_server,
+    command_line,
+    conversation_url,
     dist,
+    graph_label,
+    init_message,
     machine_info,
     now,
+    pong_message,
     proc_rss_mb,
+    run_clients,
+    serve,
+    spawn_server,
+    speech_chunks,
+    stop_server,
+    tone_chunks,
 )
 
 SELF = str(Path(__file__).resolve())
 DEFAULT_GRAPH = ROOT / "tests" / "graphs" / "scripted_voice.yaml"
 RESULTS = ROOT / "experiments" / "results"
-SR = 16000
-CHUNK_S = 0.040
-CHUNK_BYTES = int(SR * CHUNK_S) * 2
 GOAL_GROWTH = 0.05
 
 
 def serve_child(graph_file: str, stats_file: str) -> None:
     """``ah run GRAPH`` as built by the CLI (uvloop), sampling its running-session count each second."""
-    import logging
-
     from ah.cli.main import _run_loop
-    from ah.runtime.graph_loader import load_graph
-    from ah.server.access import AccessPolicy
-    from ah.server.app import AgentServer, ServerConfig
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    graph = load_graph(Path(graph_file))
-    server = AgentServer({graph.name: graph}, ServerConfig(port=0, drain_timeout_s=2.0), AccessPolicy())
+    server, agent_id = build_server(graph_file)
     samples: list[tuple[float, int]] = []
 
-    async def main() -> None:
-        await server.preload()
-        await server.start()
-
-        async def sample() -> None:
-            while True:
-                samples.append((now(), len(server.sessions)))
-                await asyncio.sleep(1.0)
-
-        sampler = asyncio.get_running_loop().create_task(sample())
-        print(f"PORT {server.port} {graph.name}", flush=True)
-        try:
-            await server.serve_forever()
-        finally:
-            sampler.cancel()
+    async def sample() -> None:
+        while True:
+            samples.append((now(), len(server.sessions)))
+            await asyncio.sleep(1.0)
 
     try:
-        _run_loop(main())
+        _run_loop(serve(server, agent_id, sample))
     finally:
         Path(stats_file).write_text(
             json.dumps(
@@ -126,34 +121,14 @@ class Stats:
     error_examples: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _audio_messages() -> tuple[list[str], str]:
-    t = np.arange(SR) / SR
-    burst = (0.5 * 32767 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
-
-    def msg(pcm: bytes) -> str:
-        return json.dumps({"user_audio_chunk": base64.b64encode(pcm).decode("ascii")})
-
-    return [msg(burst[i : i + CHUNK_BYTES]) for i in range(0, len(burst), CHUNK_BYTES)], msg(
-        bytes(CHUNK_BYTES)
-    )
-
-
-BURST, SILENCE = _audio_messages()
+BURST = [audio_message(c) for c in tone_chunks()]
+SILENCE = audio_message(bytes(CHUNK_BYTES))
 
 
 def use_speech(wav: Path) -> None:
     """Turns say the voiced part of ``wav`` (Silero VAD in graphs/cloud.yaml hears speech, not a tone)."""
-    import wave
-
     global BURST
-    with wave.open(str(wav)) as w:
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2), wav
-        pcm = w.readframes(w.getnframes())
-    spans = json.loads((wav.parent / "transcripts.json").read_text()).get(wav.name, {}).get("speech")
-    if spans:
-        pcm = pcm[int(spans[0][0] * SR) * 2 : int(spans[-1][1] * SR) * 2]
-    chunks = [pcm[i : i + CHUNK_BYTES].ljust(CHUNK_BYTES, b"\0") for i in range(0, len(pcm), CHUNK_BYTES)]
-    BURST = [json.dumps({"user_audio_chunk": base64.b64encode(c).decode("ascii")}) for c in chunks]
+    BURST = [audio_message(c) for c in speech_chunks(wav)]
 
 
 async def conversation(
@@ -173,11 +148,7 @@ async def conversation(
     async with websockets.connect(url, max_size=1 << 24, open_timeout=10) as ws:
         live[0] += 1
         try:
-            await ws.send(
-                json.dumps(
-                    {"type": "conversation_initiation_client_data", "dynamic_variables": {"user_name": name}}
-                )
-            )
+            await ws.send(init_message(name))
             events: asyncio.Queue[tuple[str, float, dict[str, Any]]] = asyncio.Queue()
             reply_floor, last_audio = [0], [0]  # audio event ids: of earlier replies / the newest seen
 
@@ -186,7 +157,7 @@ async def conversation(
                     msg = json.loads(raw)
                     kind = msg["type"]
                     if kind == "ping":
-                        await ws.send(json.dumps({"type": "pong", "event_id": msg["ping_event"]["event_id"]}))
+                        await ws.send(pong_message(msg))
                     elif kind == "audio":
                         eid = int(msg["audio_event"]["event_id"])
                         # Only a new reply's audio counts: a previous reply's may still be arriving.
@@ -197,15 +168,7 @@ async def conversation(
                         events.put_nowait((kind, now(), msg))
 
             receiver = asyncio.get_running_loop().create_task(receive())
-            t0 = now()
-            k = 0
-
-            async def send(text: str) -> float:
-                nonlocal k
-                k += 1
-                await asyncio.sleep(max(0.0, t0 + k * CHUNK_S - now()))
-                await ws.send(text)
-                return now()
+            send = Pacer(ws).send
 
             previous_faulted = False
             for _ in range(turns):
@@ -295,16 +258,10 @@ async def run(args: argparse.Namespace, console: Any) -> dict[str, Any]:
         settings = FakeSettings(groq_faults=args.groq_faults, tts_faults=args.tts_faults)
         fakes, fake_env = await start_fakes(settings, tmp / "fakes.json")
         env.update(fake_env)
-    with server_log.open("wb") as log_f:
-        server = await asyncio.create_subprocess_exec(
-            sys.executable, SELF, "--_serve", str(args.graph), str(stats_file),
-            stdout=asyncio.subprocess.PIPE, stderr=log_f, cwd=ROOT, env=env,
-        )  # fmt: skip
-    assert server.stdout is not None
-    line = (await asyncio.wait_for(server.stdout.readline(), 120)).decode().split()
-    if not line or line[0] != "PORT":
-        raise SystemExit(f"server did not start; see {server_log}:\n{server_log.read_text()[-2000:]}")
-    url = f"ws://127.0.0.1:{line[1]}/v1/convai/conversation?agent_id={line[2]}"
+    server, port, agent_id = await spawn_server(
+        [SELF, "--_serve", str(args.graph), str(stats_file)], server_log, start_timeout_s=120, env=env
+    )
+    url = conversation_url(port, agent_id)
     stats = Stats()
     live = [0]
     rss: list[tuple[float, float]] = []
@@ -334,13 +291,7 @@ async def run(args: argparse.Namespace, console: Any) -> dict[str, Any]:
         rss.append((now() - t_start, proc_rss_mb(server.pid)))
     finally:
         injected = await stop_fakes(fakes, tmp / "fakes.json") if fakes is not None else {}
-        if server.returncode is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(server.wait(), 30)
-            except TimeoutError:
-                server.kill()
-                await server.wait()
+        await stop_server(server)
     served = json.loads(stats_file.read_text()) if stats_file.exists() else {"sessions": []}
     server_sessions = [(t - t_start, n) for t, n in served["sessions"]]
     result = summarise(args, stats, rss, server_sessions, served, server_log.read_text()[-3000:])
@@ -480,23 +431,17 @@ def main() -> None:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     machine = machine_info()
     t0 = time.monotonic()
-    try:
-        import uvloop
-
-        result = uvloop.run(run(args, console))
-    except ImportError:
-        result = asyncio.run(run(args, console))
+    result = run_clients(run(args, console))
     machine["loadavg_end"] = os.getloadavg()
-    graph = args.graph.resolve()
     doc = {
         "benchmark": "soak",
-        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv]),
+        "command": command_line(),
         "started_at": started,
         "wall_s": round(time.monotonic() - t0, 1),
         "config": {
             "sessions": args.sessions,
             "minutes": args.minutes,
-            "graph": str(graph.relative_to(ROOT)) if graph.is_relative_to(ROOT) else str(graph),
+            "graph": graph_label(args.graph),
             "abort_rate": args.abort_rate,
             "turn_timeout_s": args.turn_timeout_s,
             "fakes": {"groq_faults": args.groq_faults, "tts_faults": args.tts_faults} if args.fakes else None,

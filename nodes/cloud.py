@@ -113,6 +113,35 @@ def key_check(env: str, what: str) -> tuple[DoctorCheck, str | None]:
 async def http_check(url: str, headers: dict[str, str], what: str, timeout_s: float = 5.0) -> DoctorCheck:
     """GET ``url``: reachable, and does it accept the key?"""
     t = Timing.start()
+    resp = await _get(url, headers, what, timeout_s)
+    if isinstance(resp, DoctorCheck):
+        return resp
+    return DoctorCheck(True, f"{what}: {url} answered HTTP {resp.status_code} in {t.ms():g} ms")
+
+
+async def models_check(url: str, headers: dict[str, str], model: str, what: str) -> DoctorCheck:
+    """GET an OpenAI-style ``/models`` list: reachable, key accepted, and is ``model`` offered?"""
+    t = Timing.start()
+    resp = await _get(url, headers, what, 5.0)
+    if isinstance(resp, DoctorCheck):
+        return resp
+    try:
+        ids = [str(m.get("id")) for m in resp.json().get("data", [])]
+    except (ValueError, AttributeError):
+        return DoctorCheck(False, f"{what}: {url} did not answer a model list: {resp.text[:80]!r}")
+    if model not in ids:
+        shown = ", ".join(ids[:8]) + (", ..." if len(ids) > 8 else "")
+        return DoctorCheck(False, f"{what}: model {model!r} is not offered at {url} (offered: {shown})")
+    return DoctorCheck(
+        True, f"{what}: {url} reachable in {t.ms():g} ms, key accepted, model {model!r} offered"
+    )
+
+
+async def _get(
+    url: str, headers: dict[str, str], what: str, timeout_s: float
+) -> httpx.Response | DoctorCheck:
+    """GET ``url`` for a doctor check: the response when it succeeded, else the failed check saying why
+    in one line (unreachable, key refused, or an HTTP error with the provider's own message)."""
     try:
         async with httpx.AsyncClient(timeout=timeout_s) as client:
             resp = await client.get(url, headers=headers)
@@ -124,33 +153,7 @@ async def http_check(url: str, headers: dict[str, str], what: str, timeout_s: fl
         )
     if resp.status_code >= 400:
         return DoctorCheck(False, f"{what}: {url} answered HTTP {resp.status_code}: {_message(resp)}")
-    return DoctorCheck(True, f"{what}: {url} answered HTTP {resp.status_code} in {t.ms():g} ms")
-
-
-async def models_check(url: str, headers: dict[str, str], model: str, what: str) -> DoctorCheck:
-    """GET an OpenAI-style ``/models`` list: reachable, key accepted, and is ``model`` offered?"""
-    t = Timing.start()
-    try:
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            resp = await client.get(url, headers=headers)
-    except httpx.HTTPError as exc:
-        return DoctorCheck(False, f"{what}: cannot reach {url}: {type(exc).__name__}: {exc}")
-    if resp.status_code in (401, 403):
-        return DoctorCheck(
-            False, f"{what}: {url} refused the key (HTTP {resp.status_code}): {_message(resp)}"
-        )
-    if resp.status_code >= 400:
-        return DoctorCheck(False, f"{what}: {url} answered HTTP {resp.status_code}: {_message(resp)}")
-    try:
-        ids = [str(m.get("id")) for m in resp.json().get("data", [])]
-    except (ValueError, AttributeError):
-        return DoctorCheck(False, f"{what}: {url} did not answer a model list: {resp.text[:80]!r}")
-    if model not in ids:
-        shown = ", ".join(ids[:8]) + (", ..." if len(ids) > 8 else "")
-        return DoctorCheck(False, f"{what}: model {model!r} is not offered at {url} (offered: {shown})")
-    return DoctorCheck(
-        True, f"{what}: {url} reachable in {t.ms():g} ms, key accepted, model {model!r} offered"
-    )
+    return resp
 
 
 def _message(resp: httpx.Response) -> str:

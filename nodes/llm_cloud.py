@@ -31,7 +31,6 @@ and a new one starts, so a wrong guess costs tokens, never a wrong answer.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -49,6 +48,7 @@ from ah.nodes.cloud import (
     tls_context,
 )
 from ah.nodes.llm_prompt import Message, fill_variables, prompt_messages
+from ah.nodes.llm_reply import SpokenWords
 from ah.runtime.sdk import (
     ControlFrame,
     DoctorCheck,
@@ -63,9 +63,6 @@ from ah.runtime.sdk import (
     TranscriptFrame,
     UserTurnFrame,
 )
-
-_MARKDOWN = str.maketrans("", "", "*#`")
-_SPACES = re.compile(r"\s+")
 
 
 class ChatLlmParams(Params):
@@ -292,7 +289,7 @@ class _ChatLlm(Node[ChatLlmParams]):
 
     async def _relay(self, job: _Job, scope: int, said: list[str], t_turn: float, preempted: bool) -> None:
         started = False
-        pending = ""
+        words = SpokenWords()
         failure: BaseException | None = None
         t_first_out: float | None = None
         while True:
@@ -300,13 +297,7 @@ class _ChatLlm(Node[ChatLlmParams]):
             if isinstance(item, BaseException):
                 failure = item
                 item = None
-            if item is not None:
-                pending = _SPACES.sub(" ", pending + item.translate(_MARKDOWN))
-                if not said:
-                    pending = pending.lstrip()
-                elif said[-1].endswith(" "):
-                    pending = pending.lstrip(" ")
-            piece, pending = _words(pending, final=item is None)
+            piece = words.feed(item, said)
             if piece:
                 if not started:
                     await self.text.send(ReplyTextFrame("", kind="start", scope=scope))
@@ -440,16 +431,6 @@ def _retryable(exc: BaseException) -> bool:
     """A broken stream may be asked again; a refusal with a status (bad request, key, quota) may not:
     the SDK has already retried what its rules allow (429, 5xx)."""
     return getattr(exc, "status_code", None) is None
-
-
-def _words(pending: str, final: bool) -> tuple[str, str]:
-    """Split buffered text into (word-ish piece ready to send, rest). A piece ends at whitespace."""
-    if final:
-        return pending, ""
-    cut = pending.rfind(" ")
-    if cut <= 0:
-        return "", pending
-    return pending[: cut + 1], pending[cut + 1 :]
 
 
 class GroqLlm(_ChatLlm):

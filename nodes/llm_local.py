@@ -43,6 +43,7 @@ from pydantic import Field
 
 from ah.nodes.inference import load_shared, run_blocking
 from ah.nodes.llm_prompt import Message, fill_variables, prompt_messages
+from ah.nodes.llm_reply import SpokenWords
 from ah.nodes.model_store import MANIFEST, require
 from ah.runtime.sdk import (
     ControlFrame,
@@ -62,9 +63,6 @@ if TYPE_CHECKING:
 N_CTX = 2048
 #: Token pieces the generating thread may get ahead of the event loop before it waits.
 HANDOFF_BOUND = 64
-#: Markdown that a voice should not read out.
-_MARKDOWN = str.maketrans("", "", "*#`")
-_SPACES = re.compile(r"\s+")
 #: Chat-template overhead per message (role markers), for the context budget.
 _PER_MESSAGE_TOKENS = 6
 
@@ -210,16 +208,6 @@ class _GenStats:
     trimmed_messages: int = 0
 
 
-def _words(pending: str, final: bool) -> tuple[str, str]:
-    """Split buffered text into (word-ish piece ready to send, rest). A piece ends at whitespace."""
-    if final:
-        return pending, ""
-    cut = pending.rfind(" ")
-    if cut <= 0:
-        return "", pending
-    return pending[: cut + 1], pending[cut + 1 :]
-
-
 # --------------------------------------------------------------------------------------------------
 
 
@@ -338,20 +326,14 @@ class LocalLlm(Node[LocalLlmParams]):
         job.add_done_callback(lambda _: pipe.close())  # a job that never ran (pool shut down) ends the wait
         started = False
         first_token_s: float | None = None
-        pending = ""
+        words = SpokenWords()
         try:
             while True:
                 batch = await pipe.get()
-                if batch is not None:
-                    if first_token_s is None:
-                        first_token_s = time.perf_counter() - t0
-                    # Voice-friendly: no markdown symbols, whitespace (newlines too) as single spaces.
-                    pending = _SPACES.sub(" ", pending + "".join(batch).translate(_MARKDOWN))
-                    if not said:
-                        pending = pending.lstrip()
-                    elif said[-1].endswith(" "):
-                        pending = pending.lstrip(" ")
-                piece, pending = _words(pending, final=batch is None)
+                if batch is not None and first_token_s is None:
+                    first_token_s = time.perf_counter() - t0
+                # Voice-friendly: no markdown symbols, whitespace (newlines too) as single spaces.
+                piece = words.feed(None if batch is None else "".join(batch), said)
                 if piece:
                     if not started:
                         await self.text.send(ReplyTextFrame("", kind="start", scope=scope))

@@ -22,7 +22,7 @@ from ah.runtime.channel import EdgePolicy
 from ah.runtime.graph_model import DEFAULT_CAPACITY, EDGE_RE, EdgeSpec, GraphFile, NodeSpec
 from ah.runtime.node import Node, Params
 from ah.runtime.registry import NodeLoadError, NodeRegistry, closest, default_registry
-from ah.runtime.yaml_source import GraphIssue, Mark, PathKey, format_path, parse_yaml
+from ah.runtime.yaml_source import GraphIssue, Mark, PathKey, closest_mark, format_path, parse_yaml
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -108,17 +108,7 @@ class _Layer:
     files: list[str]
 
     def mark(self, path: PathKey, *, key: bool = False) -> Mark:
-        p = tuple(path)
-        while True:
-            if key and p in self.key_marks:
-                return self.key_marks[p]
-            if p in self.marks:
-                return self.marks[p]
-            if p in self.key_marks:
-                return self.key_marks[p]
-            if not p:
-                return Mark(self.file, 1, 1)
-            p = p[:-1]
+        return closest_mark(self.marks, self.key_marks, self.file, path, key=key)
 
     def text_mark(self, path: PathKey, offset: int) -> Mark:
         """The position ``offset`` characters into the string scalar at ``path``."""

@@ -50,17 +50,25 @@ class YamlDoc:
 
     def mark(self, path: PathKey, *, key: bool = False) -> Mark:
         """The closest known position for ``path``: the value, else its key, else an ancestor."""
-        p = tuple(path)
-        while True:
-            if key and p in self.key_marks:
-                return self.key_marks[p]
-            if p in self.marks:
-                return self.marks[p]
-            if p in self.key_marks:
-                return self.key_marks[p]
-            if not p:
-                return Mark(self.file, 1, 1)
-            p = p[:-1]
+        return closest_mark(self.marks, self.key_marks, self.file, path, key=key)
+
+
+def closest_mark(
+    marks: dict[PathKey, Mark], key_marks: dict[PathKey, Mark], file: str, path: PathKey, *, key: bool = False
+) -> Mark:
+    """The closest known position for ``path``: its value (its key first, with ``key``), else its key,
+    else the nearest ancestor's, else the start of ``file``."""
+    p = tuple(path)
+    while True:
+        if key and p in key_marks:
+            return key_marks[p]
+        if p in marks:
+            return marks[p]
+        if p in key_marks:
+            return key_marks[p]
+        if not p:
+            return Mark(file, 1, 1)
+        p = p[:-1]
 
 
 def format_path(path: PathKey) -> str:

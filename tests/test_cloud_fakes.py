@@ -310,6 +310,30 @@ def test_doctor_says_what_is_wrong_one_line_each() -> None:
         assert rc == 1 and "cannot reach http://127.0.0.1:9" in text and "Invalid API key" in text, text
 
 
+def test_doctor_names_a_model_the_provider_does_not_offer(tmp_path: Path) -> None:
+    """The key is accepted but the graph asks for a model the /models list lacks: one line says so."""
+    data = yaml.safe_load(GRAPH.read_text())
+    data["nodes"]["llm"]["params"]["model"] = "no-such-model"
+    graph = tmp_path / "cloud_wrong_model.yaml"
+    graph.write_text(yaml.safe_dump(data, sort_keys=False))
+    with (
+        FakeGroq(GroqConfig(api_key="gsk_right")) as g,
+        FakeElevenLabsTts(TtsConfig(api_key="xi_right")) as t,
+    ):
+        env = {
+            "GROQ_API_KEY": "gsk_right",
+            "GROQ_BASE_URL": g.base_url,
+            "ELEVENLABS_API_KEY": "xi_right",
+            "ELEVENLABS_BASE_URL": t.url,
+        }
+        rc, text = doctor(env, str(graph))
+    lines = [ln for ln in text.splitlines() if "✗" in ln]
+    assert rc == 1 and len(lines) == 1, text
+    assert (
+        lines[0].strip().startswith("✗ llm (llm.groq)") and "model 'no-such-model' is not offered" in lines[0]
+    )
+
+
 def test_llm_openai_compatible_in_a_graph(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Any OpenAI-style server by base_url (the fake's /openai/v1 here, as an Ollama would be), no key
     needed unless asked for; when asked for and missing, the session fails at start naming the node."""

@@ -57,6 +57,24 @@ def test_a_typed_turn_is_answered_and_spoken_with_alignment(monkeypatch: pytest.
     run(main())
 
 
+def test_a_reply_in_markdown_is_said_as_plain_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models write markdown and line breaks; a voice says neither: the reply reaches the client and the
+    TTS as plain words, single-spaced (the same rule as llm.local's)."""
+    reply = "**Sure** thing.\n\n# It is `sunny`   today,\n*really*."
+    said = "Sure thing. It is sunny today, really."
+
+    async def main() -> None:
+        groq = GroqConfig(replies=[reply], transcripts=["What is the weather like?"])
+        with fakes(monkeypatch, groq=groq) as f:
+            async with conversation() as c:
+                assert await typed_turn(c, 1) == said
+                await c.settle()
+                assert not c.errors()
+            assert "".join(g.text for g in f.tts.generations).split() == said.split()
+
+    run(main())
+
+
 def test_a_missing_key_fails_at_graph_start_naming_the_node(monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         with fakes(monkeypatch):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -91,41 +91,8 @@ class McpToolApproval(_Msg):
     is_approved: bool = False
 
 
-TypedMessage = Annotated[
-    ConversationInitiation
-    | EnclaveSetup
-    | Pong
-    | UserMessage
-    | UserActivity
-    | ContextualUpdate
-    | ClientToolResult
-    | Feedback
-    | MultimodalMessage
-    | McpToolApproval,
-    Field(discriminator="type"),
-]
-_typed: TypeAdapter[Any] = TypeAdapter(TypedMessage)
-KNOWN_TYPES = (
-    "conversation_initiation_client_data",
-    "enclave_setup_config",
-    "pong",
-    "user_message",
-    "user_activity",
-    "contextual_update",
-    "client_tool_result",
-    "feedback",
-    "multimodal_message",
-    "mcp_tool_approval_result",
-)
-
-
-class UserAudioChunk(BaseModel):
-    """``{"user_audio_chunk": b64}`` — the one message without a ``type``."""
-
-    pcm: bytes
-
-
-ClientMessage = (
+# The typed messages are listed here once: the parser, KNOWN_TYPES and ClientMessage all follow it.
+_Typed = (
     ConversationInitiation
     | EnclaveSetup
     | Pong
@@ -136,8 +103,22 @@ ClientMessage = (
     | Feedback
     | MultimodalMessage
     | McpToolApproval
-    | UserAudioChunk
 )
+TypedMessage = Annotated[_Typed, Field(discriminator="type")]
+_typed: TypeAdapter[Any] = TypeAdapter(TypedMessage)
+#: Every message ``type`` a client may send, from the models' own ``type`` literals.
+KNOWN_TYPES: tuple[str, ...] = tuple(
+    get_args(model.model_fields["type"].annotation)[0] for model in get_args(_Typed)
+)
+
+
+class UserAudioChunk(BaseModel):
+    """``{"user_audio_chunk": b64}`` — the one message without a ``type``."""
+
+    pcm: bytes
+
+
+ClientMessage = _Typed | UserAudioChunk
 
 
 def parse_client_message(raw: str | bytes) -> ClientMessage:
