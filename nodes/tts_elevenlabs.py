@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
 import itertools
 import json
 import os
@@ -50,7 +49,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from ah.nodes.cloud import error_frame, key_check, require_key, tls_context
-from ah.nodes.tts_stream import TextSplitter
+from ah.nodes.tts_stream import ReplyPieces, TextSplitter, split_replies
 from ah.runtime.sdk import (
     Alignment,
     ControlFrame,
@@ -140,15 +139,6 @@ class _Socket:
             await asyncio.wait_for(self.ws.close(), 2.0)
         if self.reader is not None:
             self.reader.cancel()
-
-
-@dataclass(eq=False)
-class _Reply:
-    scope: int
-    splitter: TextSplitter
-    pieces: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
-    got_text: bool = False
-    ended: bool = False
 
 
 class _Failure(Exception):
@@ -378,49 +368,20 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
 
     # -- running ------------------------------------------------------------------------------------------------
     async def run(self) -> None:
-        replies: dict[int, _Reply] = {}
-        previous: asyncio.Task[None] | None = None
-        cancelled = self.ctx.scopes.cancelled
         loop = asyncio.get_running_loop()
         background = (
             [loop.create_task(self._warm_up()), loop.create_task(self._keepalive())]
             if self.params.warm
             else []
         )
+        p = self.params
         try:
-            async with asyncio.TaskGroup() as tg:
-                async for frame in self.text:
-                    scope = frame.scope
-                    if scope in cancelled:
-                        continue
-                    reply = replies.get(scope)
-                    if reply is None or reply.ended:
-                        reply = _Reply(
-                            scope,
-                            TextSplitter(
-                                self.params.min_clause_chars,
-                                first_piece_chars=self.params.first_piece_chars,
-                            ),
-                        )
-                        replies[scope] = reply
-                        previous = tg.create_task(self._reply_worker(reply, previous))
-                        previous.add_done_callback(functools.partial(_forget, replies, reply))
-                    if frame.kind == "delta" and frame.text:
-                        reply.got_text = True
-                        for piece in reply.splitter.feed(frame.text):
-                            reply.pieces.put_nowait(piece)
-                    elif frame.kind == "stop":
-                        rest = reply.splitter.flush() if reply.got_text else frame.text
-                        if rest.strip():
-                            reply.pieces.put_nowait(rest)
-                        reply.pieces.put_nowait(None)
-                        reply.ended = True
-        except BaseExceptionGroup as group:
-            # Report the failure itself (the session names this node), not the task group around it.
-            errors = [e for e in group.exceptions if not isinstance(e, asyncio.CancelledError)]
-            if len(errors) == 1 and isinstance(errors[0], Exception):
-                raise errors[0] from None
-            raise
+            await split_replies(
+                self.text,
+                self.ctx.scopes.cancelled,
+                lambda: TextSplitter(p.min_clause_chars, first_piece_chars=p.first_piece_chars),
+                self._reply_worker,
+            )
         finally:
             for task in background:
                 task.cancel()
@@ -438,10 +399,10 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
         except _Failure as exc:  # the first reply tries again
             self.ctx.logger.warning("%s: could not warm the socket up: %s", self.id, exc)
 
-    async def _reply_worker(self, reply: _Reply, previous: asyncio.Task[None] | None) -> None:
+    async def _reply_worker(self, reply: ReplyPieces, previous: asyncio.Task[None] | None) -> None:
         await self.ctx.scopes.run_in(reply.scope, self._speak_reply(reply, previous))
 
-    async def _speak_reply(self, reply: _Reply, previous: asyncio.Task[None] | None) -> None:
+    async def _speak_reply(self, reply: ReplyPieces, previous: asyncio.Task[None] | None) -> None:
         scope = reply.scope
         first = await reply.pieces.get()
         sent: list[str] = [] if first is None else [first]
@@ -468,7 +429,7 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
         await self.speech.send(SpeechFrame(b"", SR, last=True, scope=scope))
 
     async def _run_context(
-        self, reply: _Reply, sent: list[str], state: _State, previous: asyncio.Task[None] | None
+        self, reply: ReplyPieces, sent: list[str], state: _State, previous: asyncio.Task[None] | None
     ) -> None:
         """Speak the reply on one context: ``sent`` pieces again (a retry), then the rest as it comes."""
         p = self.params
@@ -598,8 +559,3 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
         alignment = Alignment(chars, [int(x) for x in starts], [int(x) for x in durs])
         n = sum(1 for c in chars if not c.isspace())
         return SpeechFrame(pcm, SR, text="".join(chars), alignment=alignment, scope=scope), n
-
-
-def _forget(replies: dict[int, _Reply], reply: _Reply, _task: object) -> None:
-    if replies.get(reply.scope) is reply:
-        del replies[reply.scope]

@@ -35,15 +35,15 @@ import asyncio
 import functools
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Container, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
-from ah.runtime.sdk import Alignment, Input, Node, Output, Params, ReplyTextFrame, SpeechFrame
+from ah.runtime.sdk import Alignment, Input, InputPort, Node, Output, Params, ReplyTextFrame, SpeechFrame
 
 SR = 16000
 
@@ -269,12 +269,68 @@ P = TypeVar("P", bound=StreamingTtsParams)
 
 
 @dataclass(slots=True, eq=False)
-class _Reply:
+class ReplyPieces:
+    """One reply's text on its way to a TTS: pieces of speakable size, then ``None``."""
+
     scope: int
     splitter: TextSplitter
     pieces: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     got_text: bool = False
     ended: bool = False
+
+
+ReplyWorker = Callable[[ReplyPieces, "asyncio.Task[None] | None"], Coroutine[Any, Any, None]]
+
+
+async def split_replies(
+    text: InputPort[ReplyTextFrame],
+    cancelled: Container[int],
+    new_splitter: Callable[[], TextSplitter],
+    worker: ReplyWorker,
+) -> None:
+    """Every TTS node's text intake: reply deltas in, one worker per reply fed with its pieces.
+
+    Why shared: the local engines (:class:`StreamingTts`) and ``tts.elevenlabs`` speak differently but
+    take text the same way. Each reply (scope) gets a :class:`ReplyPieces` and a worker task, handed the
+    previous reply's task so that replies are spoken in order; text of a cancelled scope is dropped; a
+    reply that came whole (a ``stop`` without deltas) is spoken from the ``stop``. A worker's failure
+    is raised as itself (the session names this node), not as the task group around it.
+    """
+    replies: dict[int, ReplyPieces] = {}
+    previous: asyncio.Task[None] | None = None
+    try:
+        async with asyncio.TaskGroup() as tg:
+            async for frame in text:
+                scope = frame.scope
+                if scope in cancelled:
+                    continue
+                reply = replies.get(scope)
+                if reply is None or reply.ended:
+                    reply = ReplyPieces(scope, new_splitter())
+                    replies[scope] = reply
+                    previous = tg.create_task(worker(reply, previous))
+                    previous.add_done_callback(functools.partial(_forget, replies, reply))
+                if frame.kind == "delta" and frame.text:
+                    reply.got_text = True
+                    for piece in reply.splitter.feed(frame.text):
+                        reply.pieces.put_nowait(piece)
+                elif frame.kind == "stop":
+                    rest = reply.splitter.flush() if reply.got_text else frame.text
+                    if rest.strip():
+                        reply.pieces.put_nowait(rest)
+                    reply.pieces.put_nowait(None)
+                    reply.ended = True
+    except BaseExceptionGroup as group:
+        errors = [e for e in group.exceptions if not isinstance(e, asyncio.CancelledError)]
+        if len(errors) == 1 and isinstance(errors[0], Exception):
+            raise errors[0] from None
+        raise
+
+
+def _forget(replies: dict[int, ReplyPieces], reply: ReplyPieces, _task: object) -> None:
+    """A reply's worker has ended (spoken, cancelled or failed): drop it unless a newer one took its scope."""
+    if replies.get(reply.scope) is reply:
+        del replies[reply.scope]
 
 
 class StreamingTts(Node[P]):
@@ -288,50 +344,18 @@ class StreamingTts(Node[P]):
         raise NotImplementedError
 
     async def run(self) -> None:
-        replies: dict[int, _Reply] = {}
-        previous: asyncio.Task[None] | None = None
-        cancelled = self.ctx.scopes.cancelled
-        try:
-            async with asyncio.TaskGroup() as tg:
-                async for frame in self.text:
-                    scope = frame.scope
-                    if scope in cancelled:
-                        continue
-                    reply = replies.get(scope)
-                    if reply is None or reply.ended:
-                        reply = _Reply(
-                            scope,
-                            TextSplitter(
-                                self.params.min_clause_chars,
-                                first_clause_chars=self.params.first_clause_chars,
-                            ),
-                        )
-                        replies[scope] = reply
-                        previous = tg.create_task(self._reply_worker(reply, previous))
-                        previous.add_done_callback(functools.partial(_forget, replies, reply))
-                    if frame.kind == "delta" and frame.text:
-                        reply.got_text = True
-                        for piece in reply.splitter.feed(frame.text):
-                            reply.pieces.put_nowait(piece)
-                    elif frame.kind == "stop":
-                        rest = reply.splitter.flush()
-                        if not reply.got_text:
-                            rest = frame.text  # a reply that came whole, without deltas
-                        if rest.strip():
-                            reply.pieces.put_nowait(rest)
-                        reply.pieces.put_nowait(None)
-                        reply.ended = True
-        except BaseExceptionGroup as group:
-            # Report the failure itself (the session names this node), not the task group around it.
-            errors = [e for e in group.exceptions if not isinstance(e, asyncio.CancelledError)]
-            if len(errors) == 1 and isinstance(errors[0], Exception):
-                raise errors[0] from None
-            raise
+        p = self.params
+        await split_replies(
+            self.text,
+            self.ctx.scopes.cancelled,
+            lambda: TextSplitter(p.min_clause_chars, first_clause_chars=p.first_clause_chars),
+            self._reply_worker,
+        )
 
-    async def _reply_worker(self, reply: _Reply, previous: asyncio.Task[None] | None) -> None:
+    async def _reply_worker(self, reply: ReplyPieces, previous: asyncio.Task[None] | None) -> None:
         await self.ctx.scopes.run_in(reply.scope, self._speak_reply(reply, previous))
 
-    async def _speak_reply(self, reply: _Reply, previous: asyncio.Task[None] | None) -> None:
+    async def _speak_reply(self, reply: ReplyPieces, previous: asyncio.Task[None] | None) -> None:
         # Synthesized pieces wait here for the sender: one queued, one in synthesis, one being sent.
         ready: asyncio.Queue[tuple[str, Synthesis] | None] = asyncio.Queue(maxsize=1)
 
@@ -362,9 +386,3 @@ class StreamingTts(Node[P]):
         async with asyncio.TaskGroup() as tg:
             tg.create_task(synthesize_pieces())
             tg.create_task(send_pieces())
-
-
-def _forget(replies: dict[int, _Reply], reply: _Reply, _task: object) -> None:
-    """A reply's worker has ended (spoken, cancelled or failed): drop it unless a newer one took its scope."""
-    if replies.get(reply.scope) is reply:
-        del replies[reply.scope]
