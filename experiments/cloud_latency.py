@@ -699,17 +699,7 @@ def main() -> None:
             f"{lat['p50']:.0f}",
             f"{lat['p95']:.0f}",
             f"{lat['p99']:.0f}",
-            *(
-                cell(m)
-                for m in [
-                    "stt_done",
-                    "llm_request",
-                    "turn_committed",
-                    "llm_first_token",
-                    "tts_request",
-                    "tts_first_audio",
-                ]
-            ),
+            *(cell(m) for m in MARKS[1:-1]),  # stt_done .. tts_first_audio
         )
     console.print(table)
     stages = Table(title="Mean gaps between a turn's instants, ms (what each overlap moves)")

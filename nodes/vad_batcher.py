@@ -89,8 +89,7 @@ class WindowBatcher:
         self._pending: list[_Request] = []
         self._running = False
         self._task: asyncio.Task[None] | None = None  # held so it is not garbage-collected mid-batch
-        self.calls = 0  # batches run (diagnostics, tests)
-        self.largest = 0  # most requests in one batch
+        self.largest = 0  # most requests in one batch (tests: sessions did share calls)
 
     async def score(self, session: SileroState, samples: np.ndarray) -> list[float]:
         """Speech probability of each whole window in ``samples`` (float32, a multiple of WINDOW long)."""
@@ -106,7 +105,6 @@ class WindowBatcher:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                self.calls += 1
                 self.largest = max(self.largest, len(batch))
                 try:
                     await run_blocking(self._pool, score_batch, self._model, batch)

@@ -206,6 +206,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         self.wfile.flush()
 
+    def _model_not_found(self, log: RequestLog) -> None:
+        message = f"The model `{log.model}` does not exist or you do not have access to it."
+        self._error(log, 404, message, "invalid_request_error", "model_not_found")
+
     def _error(self, log: RequestLog, status: int, message: str, etype: str, code: str | None = None) -> None:
         log.status = status
         headers = _ratelimit_headers()
@@ -314,13 +318,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(log, 400, "could not parse the JSON body of your request", "invalid_request_error")
             return
         if log.model not in CHAT_MODELS:
-            self._error(
-                log,
-                404,
-                f"The model `{log.model}` does not exist or you do not have access to it.",
-                "invalid_request_error",
-                "model_not_found",
-            )
+            self._model_not_found(log)
             return
         log.fault = self.fake.config.faults.draw()
         if self._pre_fault(log):
@@ -453,13 +451,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(log, 400, "file or url must be provided", "invalid_request_error")
             return
         if log.model not in STT_MODELS:
-            self._error(
-                log,
-                404,
-                f"The model `{log.model}` does not exist or you do not have access to it.",
-                "invalid_request_error",
-                "model_not_found",
-            )
+            self._model_not_found(log)
             return
         fmt = fields.get("response_format", b"json").decode()
         if fmt not in ("json", "text", "verbose_json"):
