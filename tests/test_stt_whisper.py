@@ -90,6 +90,9 @@ NORMALIZE = jiwer.Compose(
         jiwer.ToLowerCase(),
         jiwer.RemovePunctuation(),
         jiwer.SubstituteWords(NUMBERS),
+        # "14C (25F)" and Whisper's "14C25F" are the same words: split where letters meet digits
+        # (after the substitutions, so "1st" has become "first").
+        jiwer.SubstituteRegexes({r"(?<=\d)(?=[a-z])": " ", r"(?<=[a-z])(?=\d)": " "}),
         jiwer.RemoveMultipleSpaces(),
         jiwer.Strip(),
         jiwer.ReduceToListOfListOfWords(),
