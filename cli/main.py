@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_args
+from typing import Annotated, Any, NoReturn, TypeVar, get_args
 
 import typer
 from rich.console import Console
@@ -403,10 +403,18 @@ def run(
     try:
         _run_loop(_serve())
     except OSError as exc:
-        err.print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", markup=False)
-        raise typer.Exit(EXIT_RUN_FAILED) from None
+        _cannot_listen(host, port, exc)
     except KeyboardInterrupt:
         pass
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> NoReturn:
+    """The port is taken or not ours to bind: say so, and how to choose another (exit 3)."""
+    err.print(
+        f"cannot listen on {host}:{port}: {exc.strerror or exc} (another port: --port N; any free one: --port 0)",
+        markup=False,
+    )
+    raise typer.Exit(EXIT_RUN_FAILED) from None
 
 
 def _supervise(
@@ -421,8 +429,7 @@ def _supervise(
     try:
         sock = bind_listener(config.host, config.port, config.backlog)
     except OSError as exc:
-        err.print(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", markup=False)
-        raise typer.Exit(EXIT_RUN_FAILED) from None
+        _cannot_listen(config.host, config.port, exc)
     server.port = sock.getsockname()[1]
     table = OccupancyTable.create(count) if limited else None
     supervisor = Supervisor(sock, worker_args, count, env=env, table=table)
