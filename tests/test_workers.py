@@ -150,4 +150,8 @@ def test_workers_usage_errors() -> None:
             text=True,
             timeout=60,
         )
-    assert busy.returncode == 3 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr, busy.stderr
+    assert (
+        busy.returncode == 3
+        and f"cannot listen on 127.0.0.1:{port}" in busy.stderr
+        and "--port" in busy.stderr
+    ), busy.stderr
