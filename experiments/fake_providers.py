@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import threading
@@ -79,6 +80,7 @@ def child(stats_file: str, *settings: str) -> None:
     ).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    threading.Thread(target=_stop_when_orphaned, args=(stop,), daemon=True).start()
     print(f"URLS {groq.base_url} {tts.url}", flush=True)
     stop.wait()
     out: dict[str, Any] = {
@@ -87,10 +89,34 @@ def child(stats_file: str, *settings: str) -> None:
         "tts_faults_injected": dict(tts.config.faults.injected),
         "tts_generations": len(tts.generations),
         "tts_connections": len(tts.connections),
+        # How late each answer left the loaded fake: (when, which, seconds past the drawn latency).
+        "lateness": [
+            (
+                log.t_start,
+                "stt" if "transcriptions" in log.path else "llm",
+                log.t_first_byte - log.t_start - log.asked_s,
+            )
+            for log in list(groq.requests)
+            if log.asked_s is not None and log.t_first_byte is not None
+        ]
+        + [
+            (gen.t_request, "tts", gen.t_first_audio - gen.t_request - gen.asked_s)
+            for gen in list(tts.generations)
+            if gen.asked_s is not None and gen.t_first_audio is not None
+        ],
     }
     Path(stats_file).write_text(json.dumps(out))
     tts.stop()
     groq.stop()
+
+
+def _stop_when_orphaned(stop: threading.Event) -> None:
+    """A benchmark that dies without SIGTERM (a graph that does not load, a kill) must not leave its
+    fakes serving: they would hold the ports, and the benchmark lock that ``flock`` passed down."""
+    parent = os.getppid()
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            stop.set()
 
 
 async def start_fakes(

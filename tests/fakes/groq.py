@@ -94,6 +94,9 @@ class RequestLog:
     client_gone: bool = False
     audio_s: float = 0.0
     text: str = ""
+    #: The latency drawn for the answer (to the first token, or to the transcript), seconds: with
+    #: ``t_first_byte`` it tells how late a loaded fake was, so benchmarks can subtract their own harness.
+    asked_s: float | None = None
 
 
 class FakeGroq:
@@ -329,6 +332,7 @@ class _Handler(BaseHTTPRequestHandler):
         tokens = _TOKEN.findall(text)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
         ttft = fake.sample(fake.config.ttft) * (10 if log.fault == "slow" else 1)
+        log.asked_s = ttft
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         rid = f"req_{uuid.uuid4().hex[:26]}"
         created = int(time.time())
@@ -487,8 +491,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fake = self.fake
         took = fake.sample(fake.config.stt) + duration / fake.config.stt_speed_factor
-        if not fake.wait(took * (10 if log.fault == "slow" else 1)):
+        log.asked_s = took * (10 if log.fault == "slow" else 1)
+        if not fake.wait(log.asked_s):
             return
+        log.t_first_byte = time.perf_counter()
         text = fake.transcript_for(audio)
         log.text = text
         rid = f"req_{uuid.uuid4().hex[:26]}"
