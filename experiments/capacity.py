@@ -84,7 +84,7 @@ def serve_child(
     from ah.cli.main import _run_loop
 
     lag = LagProbe()
-    stalls = StallSampler(lag) if os.environ.get("AH_BENCH_STALLS") == "1" else None
+    stalls = StallSampler(lag) if os.environ.get("AH_BENCH_STALLS") in ("1", "census") else None
     if stalls is not None:
         stalls.start()
     server, agent_id = build_server(
@@ -265,7 +265,7 @@ async def run_levels(args: argparse.Namespace, console: Any, voice: list[bytes] 
                 level.rss_before_mb = level.rss_peak_mb = proc_rss_mb(server.pid)
                 watcher = asyncio.get_running_loop().create_task(watch_peak_rss(server.pid, level))
                 cpu0, ccpu0 = proc_cpu_s(server.pid), time.process_time()
-                fcpu0 = proc_cpu_s(fakes.pid) if fakes is not None else 0.0
+                fcpu0 = fakes.cpu_s() if fakes is not None else 0.0
                 level.start = now()
                 t0 = level.start + 0.05
                 stagger = args.stagger_s / n if n > 1 else 0.0
@@ -291,13 +291,13 @@ async def run_levels(args: argparse.Namespace, console: Any, voice: list[bytes] 
                 level.end = now()
                 level.cpu_s = proc_cpu_s(server.pid) - cpu0
                 level.client_cpu_s = time.process_time() - ccpu0
-                level.fakes_cpu_s = proc_cpu_s(fakes.pid) - fcpu0 if fakes is not None else 0.0
+                level.fakes_cpu_s = fakes.cpu_s() - fcpu0 if fakes is not None else 0.0
                 watcher.cancel()
                 levels.append(level)
                 await asyncio.sleep(args.pause_s)  # the server winds the sessions down between levels
     finally:
         lag_task.cancel()
-        fakes_stats = await stop_fakes(fakes, tmp / "fakes.json") if fakes is not None else {}
+        fakes_stats = await stop_fakes(fakes) if fakes is not None else {}
         await stop_server(server)
     stats = json.loads(stats_file.read_text()) if stats_file.exists() else {"lag": {"t": [], "d": []}}
     rows = [summarise_level(lv, stats["lag"], rss_idle) for lv in levels]
