@@ -86,14 +86,20 @@ def child(which: str, stats_file: str, *settings: str) -> None:
             "groq_faults_injected": dict(groq.config.faults.injected),
             "groq_requests": len(groq.requests),
             # How late each answer left the loaded fake: (when, which, seconds past the drawn latency).
+            # From the body read, so that the client's own upload time is not counted as the fake's.
             "lateness": [
                 (
                     log.t_start,
                     "stt" if "transcriptions" in log.path else "llm",
-                    log.t_first_byte - log.t_start - log.asked_s,
+                    log.t_first_byte - log.t_body - log.asked_s,
                 )
                 for log in list(groq.requests)
-                if log.asked_s is not None and log.t_first_byte is not None
+                if log.asked_s is not None and log.t_first_byte is not None and log.t_body is not None
+            ],
+            "upload": [
+                (log.t_start, "stt_upload", log.t_body - log.t_start)
+                for log in list(groq.requests)
+                if "transcriptions" in log.path and log.t_body is not None
             ],
         }
         Path(stats_file).write_text(json.dumps(out))
@@ -190,7 +196,7 @@ async def stop_fakes(fakes: Fakes) -> dict[str, Any]:
         path = Path(f"{fakes.stats_file}.{which}")
         text = await asyncio.to_thread(lambda p=path: p.read_text() if p.exists() else "{}")
         stats = json.loads(text)
-        result["lateness"] += stats.pop("lateness", [])
+        result["lateness"] += stats.pop("lateness", []) + stats.pop("upload", [])
         result.update(stats)
     return result
 

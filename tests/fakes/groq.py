@@ -97,6 +97,7 @@ class RequestLog:
     #: The latency drawn for the answer (to the first token, or to the transcript), seconds: with
     #: ``t_first_byte`` it tells how late a loaded fake was, so benchmarks can subtract their own harness.
     asked_s: float | None = None
+    t_body: float | None = None  # the request body fully read: before it, the time is the client's upload
 
 
 class FakeGroq:
@@ -303,6 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         log = self._start()
         body = self._body()
+        log.t_body = time.perf_counter()
         if not self._authorized(log):
             return
         if self.path == "/openai/v1/chat/completions":
