@@ -146,38 +146,48 @@ REPLIES = {
 SILENCE_TURN = {"type": "turn_policy.silence", "endpoint_silence_ms": 400, "barge_in_min_speech_ms": 300}
 SENTENCES = {"first_piece_chars": 0}  # tts.elevenlabs: every piece a sentence (or a long clause)
 STT_AT_TURN = {"endpoint_silence_ms": 400}  # stt.groq closes an utterance at the turn's silence
+NO_LEVEL = {"early_level_ms": 0}  # stt.groq: the early request on the VAD's scores alone
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "baseline": {
-        "stt": {"speculative": False, "early_ms": 0, **STT_AT_TURN},
+        "stt": {"speculative": False, "early_ms": 0, **NO_LEVEL, **STT_AT_TURN},
         "turn": SILENCE_TURN,
         "llm": {"preemptive": False},
         "tts": {"warm": False, **SENTENCES},
     },
     "+spec_stt": {
-        "stt": {"early_ms": 0, **STT_AT_TURN},
+        "stt": {"early_ms": 0, **NO_LEVEL, **STT_AT_TURN},
         "turn": SILENCE_TURN,
         "llm": {"preemptive": False},
         "tts": {"warm": False, **SENTENCES},
     },
     "+preempt_llm": {
-        "stt": {"early_ms": 0, **STT_AT_TURN},
+        "stt": {"early_ms": 0, **NO_LEVEL, **STT_AT_TURN},
         "turn": SILENCE_TURN,
         "tts": {"warm": False, **SENTENCES},
     },
-    "+warm_tts": {"stt": {"early_ms": 0, **STT_AT_TURN}, "turn": SILENCE_TURN, "tts": SENTENCES},
-    "+early_stt": {"stt": {"early_score": None, **STT_AT_TURN}, "turn": SILENCE_TURN, "tts": SENTENCES},
-    "+held_reply": {"stt": {"early_score": None, **STT_AT_TURN}, "tts": SENTENCES},
-    "+falling_score": {"stt": STT_AT_TURN, "tts": SENTENCES},
-    "+first_words": {"stt": STT_AT_TURN},
-    "+final_first": {},  # graphs/cloud.yaml as it is
+    "+warm_tts": {
+        "stt": {"early_ms": 0, **NO_LEVEL, **STT_AT_TURN},
+        "turn": SILENCE_TURN,
+        "tts": SENTENCES,
+    },
+    "+early_stt": {
+        "stt": {"early_score": None, **NO_LEVEL, **STT_AT_TURN},
+        "turn": SILENCE_TURN,
+        "tts": SENTENCES,
+    },
+    "+held_reply": {"stt": {"early_score": None, **NO_LEVEL, **STT_AT_TURN}, "tts": SENTENCES},
+    "+falling_score": {"stt": {**NO_LEVEL, **STT_AT_TURN}, "tts": SENTENCES},
+    "+first_words": {"stt": {**NO_LEVEL, **STT_AT_TURN}},
+    "+final_first": {"stt": NO_LEVEL},
+    "+level_cue": {},  # graphs/cloud.yaml as it is
     # Off the chain: the held reply without the early STT request (compared with +warm_tts).
-    "held_only": {"stt": {"early_ms": 0, **STT_AT_TURN}, "tts": SENTENCES},
+    "held_only": {"stt": {"early_ms": 0, **NO_LEVEL, **STT_AT_TURN}, "tts": SENTENCES},
     # Off the chain: graphs/cloud.yaml with the client sending bigger chunks (a measurement condition,
     # not an overlap: compared with graphs/cloud.yaml at the default chunk).
     "chunk_100ms": {},
     "chunk_250ms": {},
 }
-BASE_OF = {"held_only": "+warm_tts", "chunk_100ms": "+final_first", "chunk_250ms": "+final_first"}
+BASE_OF = {"held_only": "+warm_tts", "chunk_100ms": "+level_cue", "chunk_250ms": "+level_cue"}
 CHUNK_OF = {"chunk_100ms": 100, "chunk_250ms": 250}  # else --chunk-ms
 MARKS = [
     "stt_request",
