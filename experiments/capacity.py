@@ -44,6 +44,7 @@ from experiments.fake_providers import FakeSettings, start_fakes, stop_fakes  # 
 from experiments.load_harness import (  # noqa: E402 - this folder is not a package on sys.path by default
     LagProbe,
     SessionRun,
+    StallSampler,
     build_server,
     command_line,
     conversation_url,
@@ -83,6 +84,9 @@ def serve_child(
     from ah.cli.main import _run_loop
 
     lag = LagProbe()
+    stalls = StallSampler(lag) if os.environ.get("AH_BENCH_STALLS") in ("1", "census") else None
+    if stalls is not None:
+        stalls.start()
     server, agent_id = build_server(
         graph_file, compression=compression == "1", max_sessions=int(max_sessions or 0)
     )
@@ -100,6 +104,9 @@ def serve_child(
             "started_sessions": server.started_sessions,
             "failed_sessions": server.failed_sessions,
         }
+        if stalls is not None:
+            stalls.stop()
+            out["stalls"] = stalls.report()
         Path(stats_file).write_text(json.dumps(out))
 
 
@@ -219,6 +226,10 @@ async def run_levels(args: argparse.Namespace, console: Any, voice: list[bytes] 
     tmp = Path(tempfile.mkdtemp(prefix="ah_capacity_"))
     stats_file, server_log = tmp / "server.json", tmp / "server.log"
     env = {**os.environ, **dict(kv.split("=", 1) for kv in args.env)}
+    if args.stalls:
+        env["AH_BENCH_STALLS"] = "1"
+    if args.turn_metrics:
+        env["AH_BENCH_TURN_METRICS"] = str(args.turn_metrics.resolve())
     fakes = None
     if args.fakes:  # the cloud graph's providers, faked in a process of their own
         settings = FakeSettings() if args.provider_spread else FakeSettings().fixed()
@@ -254,7 +265,7 @@ async def run_levels(args: argparse.Namespace, console: Any, voice: list[bytes] 
                 level.rss_before_mb = level.rss_peak_mb = proc_rss_mb(server.pid)
                 watcher = asyncio.get_running_loop().create_task(watch_peak_rss(server.pid, level))
                 cpu0, ccpu0 = proc_cpu_s(server.pid), time.process_time()
-                fcpu0 = proc_cpu_s(fakes.pid) if fakes is not None else 0.0
+                fcpu0 = fakes.cpu_s() if fakes is not None else 0.0
                 level.start = now()
                 t0 = level.start + 0.05
                 stagger = args.stagger_s / n if n > 1 else 0.0
@@ -280,19 +291,20 @@ async def run_levels(args: argparse.Namespace, console: Any, voice: list[bytes] 
                 level.end = now()
                 level.cpu_s = proc_cpu_s(server.pid) - cpu0
                 level.client_cpu_s = time.process_time() - ccpu0
-                level.fakes_cpu_s = proc_cpu_s(fakes.pid) - fcpu0 if fakes is not None else 0.0
+                level.fakes_cpu_s = fakes.cpu_s() - fcpu0 if fakes is not None else 0.0
                 watcher.cancel()
                 levels.append(level)
                 await asyncio.sleep(args.pause_s)  # the server winds the sessions down between levels
     finally:
         lag_task.cancel()
-        if fakes is not None:
-            await stop_fakes(fakes, tmp / "fakes.json")
+        fakes_stats = await stop_fakes(fakes) if fakes is not None else {}
         await stop_server(server)
     stats = json.loads(stats_file.read_text()) if stats_file.exists() else {"lag": {"t": [], "d": []}}
     rows = [summarise_level(lv, stats["lag"], rss_idle) for lv in levels]
     for row, lv in zip(rows, levels, strict=True):
         row["over_the_limit"] = bool(lv.excess)
+        if fakes_stats:
+            row["fake_providers_late_ms"] = fakes_lateness(fakes_stats.get("lateness", []), lv.start, lv.end)
     base = rows[0]["response_latency_ms"].get("p99") if rows else None
     for row in rows:
         p99 = row["response_latency_ms"].get("p99")
@@ -303,8 +315,21 @@ async def run_levels(args: argparse.Namespace, console: Any, voice: list[bytes] 
         "server_rss_idle_mb": round(rss_idle, 1),
         "client_event_loop_lag_ms": client_lag_ms,
         "server_sessions": {k: stats.get(k) for k in ("started_sessions", "failed_sessions")},
+        "server_stalls": stats.get("stalls"),
         "server_log_tail": server_log.read_text()[-3000:],
     }
+
+
+def fakes_lateness(lateness: list[tuple[float, str, float]], a: float, b: float) -> dict[str, Any]:
+    """How late the fakes' answers were, past the latency they drew, per provider stage: the share of a
+    level's latency that is the benchmark's own harness (one Python process faking every provider for
+    every session), not the server's. ``stt_upload`` is the other way round: how long the server took
+    to send the fake its audio (the request's start to its body read), the server's share."""
+    kinds: dict[str, list[float]] = {}
+    for t, kind, late in lateness:
+        if a <= t <= b:
+            kinds.setdefault(kind, []).append(late)
+    return {kind: dist(v, 1000, 1) for kind, v in sorted(kinds.items())}
 
 
 def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -432,6 +457,18 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server process")
     parser.add_argument(
         "--profile", type=Path, help="diagnosis: cProfile the server process into this file (slows it down)"
+    )
+    parser.add_argument(
+        "--turn-metrics",
+        type=Path,
+        help="diagnosis: the server writes its per-turn figures (ARCHITECTURE.md §5) here, one JSONL file "
+        "per session, to tell the server's stages from the clients' and the fakes' share",
+    )
+    parser.add_argument(
+        "--stalls",
+        action="store_true",
+        help="diagnosis: sample the server loop's stack while it is over 15 ms late, and time every "
+        "gen 1/2 garbage collection (written under server_stalls; its thread slows the server down)",
     )
     parser.add_argument(
         "--compression", action="store_true", help="permessage-deflate on (as `ah run --compression`)"

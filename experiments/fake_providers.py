@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import threading
@@ -53,78 +54,152 @@ class FakeSettings:
                 self.groq_faults, self.tts_faults]  # fmt: skip
 
 
-def child(stats_file: str, *settings: str) -> None:
+def child(which: str, stats_file: str, *settings: str) -> None:
+    """One fake (``groq`` or ``elevenlabs``) in this process until SIGTERM, then its stats to the file."""
     sys.path.insert(0, str(ROOT))
-    from tests.fakes.elevenlabs_tts import FakeElevenLabsTts, TtsConfig
-    from tests.fakes.groq import FakeGroq, GroqConfig
     from tests.fakes.latency import FaultPlan, Latency
 
     s = FakeSettings(*settings)
-    groq = FakeGroq(
-        GroqConfig(
-            ttft=Latency.parse(s.groq_ttft),
-            token_gap=Latency.parse(s.groq_token_gap),
-            stt=Latency.parse(s.groq_stt),
-            transcripts=["What is the weather like?", "Tell me more."],
-            replies=["It is sunny today. Expect clear skies all afternoon.", "Not much more to say, really."],
-            faults=FaultPlan.parse(s.groq_faults, seed=1),
-        )
-    ).start()
-    tts = FakeElevenLabsTts(
-        TtsConfig(
-            connect=Latency.parse(s.tts_connect),
-            ttfa=Latency.parse(s.tts_ttfa),
-            faults=FaultPlan.parse(s.tts_faults, seed=2),
-        )
-    ).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"URLS {groq.base_url} {tts.url}", flush=True)
-    stop.wait()
-    out: dict[str, Any] = {
-        "groq_faults_injected": dict(groq.config.faults.injected),
-        "groq_requests": len(groq.requests),
-        "tts_faults_injected": dict(tts.config.faults.injected),
-        "tts_generations": len(tts.generations),
-        "tts_connections": len(tts.connections),
-    }
-    Path(stats_file).write_text(json.dumps(out))
-    tts.stop()
-    groq.stop()
+    threading.Thread(target=_stop_when_orphaned, args=(stop,), daemon=True).start()
+    out: dict[str, Any]
+    if which == "groq":
+        from tests.fakes.groq import FakeGroq, GroqConfig
+
+        groq = FakeGroq(
+            GroqConfig(
+                ttft=Latency.parse(s.groq_ttft),
+                token_gap=Latency.parse(s.groq_token_gap),
+                stt=Latency.parse(s.groq_stt),
+                transcripts=["What is the weather like?", "Tell me more."],
+                replies=[
+                    "It is sunny today. Expect clear skies all afternoon.",
+                    "Not much more to say, really.",
+                ],
+                faults=FaultPlan.parse(s.groq_faults, seed=1),
+            )
+        ).start()
+        print(f"URL {groq.base_url}", flush=True)
+        stop.wait()
+        out = {
+            "groq_faults_injected": dict(groq.config.faults.injected),
+            "groq_requests": len(groq.requests),
+            # How late each answer left the loaded fake: (when, which, seconds past the drawn latency).
+            # From the body read, so that the client's own upload time is not counted as the fake's.
+            "lateness": [
+                (
+                    log.t_start,
+                    "stt" if "transcriptions" in log.path else "llm",
+                    log.t_first_byte - log.t_body - log.asked_s,
+                )
+                for log in list(groq.requests)
+                if log.asked_s is not None and log.t_first_byte is not None and log.t_body is not None
+            ],
+            "upload": [
+                (log.t_start, "stt_upload", log.t_body - log.t_start)
+                for log in list(groq.requests)
+                if "transcriptions" in log.path and log.t_body is not None
+            ],
+        }
+        Path(stats_file).write_text(json.dumps(out))
+        groq.stop()
+    else:
+        from tests.fakes.elevenlabs_tts import FakeElevenLabsTts, TtsConfig
+
+        tts = FakeElevenLabsTts(
+            TtsConfig(
+                connect=Latency.parse(s.tts_connect),
+                ttfa=Latency.parse(s.tts_ttfa),
+                faults=FaultPlan.parse(s.tts_faults, seed=2),
+            )
+        ).start()
+        print(f"URL {tts.url}", flush=True)
+        stop.wait()
+        out = {
+            "tts_faults_injected": dict(tts.config.faults.injected),
+            "tts_generations": len(tts.generations),
+            "tts_connections": len(tts.connections),
+            "lateness": [
+                (gen.t_request, "tts", gen.t_first_audio - gen.t_request - gen.asked_s)
+                for gen in list(tts.generations)
+                if gen.asked_s is not None and gen.t_first_audio is not None
+            ],
+        }
+        Path(stats_file).write_text(json.dumps(out))
+        tts.stop()
 
 
-async def start_fakes(
-    settings: FakeSettings, stats_file: Path
-) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
-    """Start the fakes' process; return it and the environment that points ``ah`` at them."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, SELF, str(stats_file), *settings.argv(), stdout=asyncio.subprocess.PIPE, cwd=ROOT
-    )
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().split()
-    if not line or line[0] != "URLS":
-        raise SystemExit("the fake providers did not start")
+def _stop_when_orphaned(stop: threading.Event) -> None:
+    """A benchmark that dies without SIGTERM (a graph that does not load, a kill) must not leave its
+    fakes serving: they would hold the ports, and the benchmark lock that ``flock`` passed down."""
+    parent = os.getppid()
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            stop.set()
+
+
+@dataclass
+class Fakes:
+    """The fakes' processes: one per provider, so that under load they do not share one GIL (one
+    process for both made its answers late by up to 150 ms at 100 sessions: capacity.py's
+    ``fake_providers_late_ms``)."""
+
+    procs: dict[str, asyncio.subprocess.Process]
+    stats_file: Path
+
+    def cpu_s(self) -> float:
+        from experiments.load_harness import proc_cpu_s
+
+        return sum(proc_cpu_s(p.pid) for p in self.procs.values() if p.returncode is None)
+
+
+async def start_fakes(settings: FakeSettings, stats_file: Path) -> tuple[Fakes, dict[str, str]]:
+    """Start the fakes; return them and the environment that points ``ah`` at them."""
+    procs: dict[str, asyncio.subprocess.Process] = {}
+    urls: dict[str, str] = {}
+    fakes = Fakes(procs, stats_file)
+    try:
+        for which in ("groq", "elevenlabs"):
+            procs[which] = proc = await asyncio.create_subprocess_exec(
+                sys.executable, SELF, which, f"{stats_file}.{which}", *settings.argv(),
+                stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+            )  # fmt: skip
+            assert proc.stdout is not None
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().split()
+            if not line or line[0] != "URL":
+                raise SystemExit(f"the fake {which} server did not start")
+            urls[which] = line[1]
+    except BaseException:
+        await stop_fakes(fakes)
+        raise
     env = {
-        "GROQ_BASE_URL": line[1],
-        "ELEVENLABS_BASE_URL": line[2],
+        "GROQ_BASE_URL": urls["groq"],
+        "ELEVENLABS_BASE_URL": urls["elevenlabs"],
         "GROQ_API_KEY": "fake-groq-key",
         "ELEVENLABS_API_KEY": "fake-elevenlabs-key",
     }
-    return proc, env
+    return fakes, env
 
 
-async def stop_fakes(proc: asyncio.subprocess.Process, stats_file: Path) -> dict[str, Any]:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 20)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-    text = await asyncio.to_thread(lambda: stats_file.read_text() if stats_file.exists() else "{}")
-    result: dict[str, Any] = json.loads(text)
+async def stop_fakes(fakes: Fakes) -> dict[str, Any]:
+    """Stop them; what they injected and measured, both fakes' stats in one dict (lateness joined)."""
+    result: dict[str, Any] = {"lateness": []}
+    for which, proc in fakes.procs.items():
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        path = Path(f"{fakes.stats_file}.{which}")
+        text = await asyncio.to_thread(lambda p=path: p.read_text() if p.exists() else "{}")
+        stats = json.loads(text)
+        result["lateness"] += stats.pop("lateness", []) + stats.pop("upload", [])
+        result.update(stats)
     return result
 
 
 if __name__ == "__main__":
-    child(sys.argv[1], *sys.argv[2:])
+    child(sys.argv[1], sys.argv[2], *sys.argv[3:])

@@ -76,7 +76,14 @@ def build_server(graph_file: str, **config: Any) -> tuple[AgentServer, str]:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     graph = load_graph(Path(graph_file))
     server_config = ServerConfig(port=0, drain_timeout_s=2.0, **config)
-    return AgentServer({graph.name: graph}, server_config, AccessPolicy()), graph.name
+    telemetry = None
+    if metrics_dir := os.environ.get("AH_BENCH_TURN_METRICS"):  # the server's own per-turn figures
+        from ah.telemetry.config import MetricsConfig, TelemetryConfig
+        from ah.telemetry.hub import Telemetry
+
+        telemetry = Telemetry(TelemetryConfig(metrics=MetricsConfig(jsonl_dir=Path(metrics_dir))))
+    server = AgentServer({graph.name: graph}, server_config, AccessPolicy(), telemetry=telemetry)
+    return server, graph.name
 
 
 async def serve(
@@ -347,10 +354,12 @@ class LagProbe:
         self.t: list[float] = []
         self.lag: list[float] = []
         self.cpu: list[float] = []
+        self.asleep_since = float("inf")  # read by StallSampler from its own thread; inf: not running yet
 
     async def run(self) -> None:
         while True:
             t0, c0 = now(), time.thread_time()
+            self.asleep_since = t0
             await asyncio.sleep(LAG_INTERVAL_S)
             t1 = now()
             self.t.append(t1)
@@ -360,6 +369,85 @@ class LagProbe:
     def series(self) -> dict[str, list[float]]:
         """As written to the server's stats file: t (when), d (lag), c (CPU)."""
         return {"t": self.t, "d": self.lag, "c": self.cpu}
+
+
+class StallSampler:
+    """Where the event loop is when it stalls: a thread that, while the lag probe is overdue by
+    more than ``threshold_s``, samples the loop thread's Python stack every ``every_s``; and every
+    garbage collection of generation 1 or 2 with its pause. Both say what a lag spike was spent on,
+    which the lag figures alone cannot (py-spy needs ptrace, which containers often refuse)."""
+
+    def __init__(self, probe: LagProbe, threshold_s: float = 0.015, every_s: float = 0.002) -> None:
+        import threading
+
+        self.probe, self.threshold_s, self.every_s = probe, threshold_s, every_s
+        self.stacks: dict[str, int] = {}
+        self.gc_pauses: list[tuple[float, int, float]] = []  # (when, generation, seconds)
+        # After each full collection, what the collector walks (slow: AH_BENCH_STALLS=census only).
+        self.census_types: dict[str, int] | None = (
+            {} if os.environ.get("AH_BENCH_STALLS") == "census" else None
+        )
+        self.census_sizes: list[int] = []
+        self._gc_t0 = 0.0
+        self._loop_thread = threading.get_ident()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="stall-sampler", daemon=True)
+
+    def start(self) -> None:
+        import gc
+
+        gc.callbacks.append(self._on_gc)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] == 0:
+            return
+        if phase == "start":
+            self._gc_t0 = now()
+            return
+        self.gc_pauses.append((self._gc_t0, info["generation"], now() - self._gc_t0))
+        if info["generation"] == 2 and self.census_types is not None:
+            import gc
+            from collections import Counter
+
+            objects = gc.get_objects(generation=2)
+            self.census_types.update(Counter(type(o).__qualname__ for o in objects).most_common(30))
+            self.census_sizes.append(len(objects))
+            del objects
+
+    def _sample(self) -> None:
+        import traceback
+
+        late = LAG_INTERVAL_S + self.threshold_s
+        while not self._stop.wait(self.every_s):
+            if now() - self.probe.asleep_since <= late:
+                continue
+            frame = sys._current_frames().get(self._loop_thread)
+            if frame is None:
+                continue
+            frames = traceback.extract_stack(frame)[-14:]
+            key = " < ".join(f"{Path(f.filename).name}:{f.name}:{f.lineno}" for f in reversed(frames))
+            self.stacks[key] = self.stacks.get(key, 0) + 1
+
+    def report(self, top: int = 25) -> dict[str, Any]:
+        by_gen: dict[str, list[float]] = {}
+        for _, gen, d in self.gc_pauses:
+            by_gen.setdefault(f"gen{gen}", []).append(d)
+        return {
+            "sample_every_ms": self.every_s * 1000,
+            "threshold_ms": self.threshold_s * 1000,
+            "samples": sum(self.stacks.values()),
+            "top_stacks": sorted(self.stacks.items(), key=lambda kv: -kv[1])[:top],
+            "gc_pause_ms": {g: dist(v, 1000, 2) for g, v in sorted(by_gen.items())},
+            "gen2_objects_after_full_collections": self.census_sizes,
+            "gen2_types_summed_over_them": sorted((self.census_types or {}).items(), key=lambda kv: -kv[1])[
+                :30
+            ],
+            "gc_pauses": [(round(t, 3), g, round(d * 1000, 2)) for t, g, d in self.gc_pauses],
+        }
 
 
 def lag_attribution(

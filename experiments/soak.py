@@ -290,12 +290,14 @@ async def run(args: argparse.Namespace, console: Any) -> dict[str, Any]:
         await asyncio.sleep(2.0)  # every client has gone: the server must have no session left
         rss.append((now() - t_start, proc_rss_mb(server.pid)))
     finally:
-        injected = await stop_fakes(fakes, tmp / "fakes.json") if fakes is not None else {}
+        injected = await stop_fakes(fakes) if fakes is not None else {}
         await stop_server(server)
     served = json.loads(stats_file.read_text()) if stats_file.exists() else {"sessions": []}
     server_sessions = [(t - t_start, n) for t, n in served["sessions"]]
     result = summarise(args, stats, rss, server_sessions, served, server_log.read_text()[-3000:])
+    late = [x[2] for x in injected.pop("lateness", [])]  # how late the loaded fakes answered
     result["provider_faults"] = injected
+    result["fake_providers_late_ms"] = dist(late, 1000, 1) if late else {}
     return result
 
 

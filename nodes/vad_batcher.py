@@ -90,11 +90,13 @@ class WindowBatcher:
         self._running = False
         self._task: asyncio.Task[None] | None = None  # held so it is not garbage-collected mid-batch
         self.largest = 0  # most requests in one batch (tests: sessions did share calls)
+        self.requests = 0  # score() calls (tests: a node that fell behind catches up in few of them)
 
     async def score(self, session: SileroState, samples: np.ndarray) -> list[float]:
         """Speech probability of each whole window in ``samples`` (float32, a multiple of WINDOW long)."""
         loop = asyncio.get_running_loop()
         request = _Request(session, samples.reshape(-1, WINDOW), loop.create_future())
+        self.requests += 1
         self._pending.append(request)
         if not self._running:
             self._running = True

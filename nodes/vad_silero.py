@@ -140,12 +140,20 @@ class SileroVad(Node[SileroVadParams]):
         state = SileroState()
         decider = _Decider(self.params)
         pending = np.zeros(0, dtype=np.float32)
-        async for frame in self.audio:
-            if frame.sample_rate != SR:
-                raise ValueError(f"vad.silero needs {SR} Hz audio, got {frame.sample_rate} Hz")
-            await self.audio_out.send(frame)
-            samples = np.frombuffer(frame.pcm, dtype="<i2").astype(np.float32) / 32768.0
-            pending = np.concatenate((pending, samples)) if len(pending) else samples
+        async for first in self.audio:
+            # Frames that queued while the last windows were scored go in one request: a session
+            # whose VAD fell behind (a loaded loop, a slow batch) catches up in one batch, not in one
+            # round trip per frame, which under load is no faster than the frames come in.
+            frames = [first]
+            while (more := self.audio.recv_nowait()) is not None:
+                frames.append(more)
+            parts = [pending] if len(pending) else []
+            for frame in frames:
+                if frame.sample_rate != SR:
+                    raise ValueError(f"vad.silero needs {SR} Hz audio, got {frame.sample_rate} Hz")
+                await self.audio_out.send(frame)
+                parts.append(np.frombuffer(frame.pcm, dtype="<i2").astype(np.float32) / 32768.0)
+            pending = np.concatenate(parts) if len(parts) > 1 else parts[0]
             whole = len(pending) // WINDOW * WINDOW
             if not whole:
                 continue

@@ -117,6 +117,11 @@ class InputPort(Generic[F]):
         """The next frame; raises :class:`EndOfStream` when every producer has finished."""
         return await self.channel.get()
 
+    def recv_nowait(self) -> F | None:
+        """The next frame if one is queued right now, else ``None`` (never waits, never raises at
+        end-of-stream): a node that fell behind takes its backlog in one step instead of one per frame."""
+        return self.channel.get_nowait()
+
     # The port is its own async iterator: a plain ``__anext__`` costs less per frame than an async
     # generator (no asend object, no generator frame to resume; experiments/engine_bench.py).
     def __aiter__(self) -> AsyncIterator[F]:

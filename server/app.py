@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -326,6 +327,12 @@ class AgentServer:
                 took = time.monotonic() - t0
                 if took > 0.05:
                     log.info("preloaded %s (%s) for %s in %.1f s", node.id, node.type_name, graph.name, took)
+        # What exists now lives as long as the process: modules, models, parsed graphs. Frozen, the
+        # collector stops walking it, so a full collection walks only the sessions' objects: under
+        # 100 sessions an unfrozen one stalled the event loop for 80-130 ms (every turn in flight
+        # waited); see experiments/capacity.py --stalls.
+        gc.collect()
+        gc.freeze()
 
     async def start(self) -> None:
         where: dict[str, Any] = {"host": self.config.host, "port": self.config.port}

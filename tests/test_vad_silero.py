@@ -182,3 +182,28 @@ def test_sessions_scored_in_one_batch_get_what_each_gets_alone() -> None:
         ref = alone(x)
         assert len(probs) == len(ref) == len(x) // WINDOW
         assert np.allclose(probs, ref, atol=1e-5), max(abs(a - b) for a, b in zip(probs, ref, strict=True))
+
+
+def test_a_vad_that_fell_behind_scores_its_backlog_in_few_requests() -> None:
+    """Frames that queued while the VAD waited for its last windows go in one request: under load a
+    session catches up in one batch, not one batcher round trip per frame (which is no faster than real
+    time). The source here is unpaced, so the VAD is behind on every frame; its decisions must be those
+    of a VAD that saw the frames one by one."""
+    from ah.nodes.vad_batcher import _batchers
+
+    behind = vad_session("user_01.wav", frame_ms=20)
+
+    async def main() -> tuple[int, int]:
+        result = await asyncio.wait_for(behind.run(), 60)
+        assert result.ok, result.failure
+        (scorer,) = _batchers[asyncio.get_running_loop()].values()
+        return scorer.requests, len(frames_of(behind, "pcm"))
+
+    requests, frames = asyncio.run(main())
+    windows = len(scores(behind))
+    assert frames > 100 and windows > 60
+    assert requests <= frames // 4, (requests, frames)  # one per frame before
+    one_by_one = vad_session("user_01.wav", frame_ms=1000)  # reference decisions: see the test above
+    run_all(one_by_one)
+    assert scores(behind) == scores(one_by_one)
+    assert changes(behind) == changes(one_by_one)

@@ -86,6 +86,7 @@ class Generation:
     fault: str | None = None
     t_first_audio: float | None = None
     chunks: int = 0
+    asked_s: float | None = None  # the time to first audio drawn for it (see groq.RequestLog.asked_s)
     stopped: bool = False  # its context was closed (barge-in) before it finished
 
 
@@ -322,7 +323,8 @@ class FakeElevenLabsTts:
             gen = Generation(ctx.cid, text, time.perf_counter(), cfg.faults.draw())
             self.generations.append(gen)
             try:
-                await asyncio.sleep(cfg.ttfa.sample_s(self._rng) * (10 if gen.fault == "slow" else 1))
+                gen.asked_s = cfg.ttfa.sample_s(self._rng) * (10 if gen.fault == "slow" else 1)
+                await asyncio.sleep(gen.asked_s)
                 if gen.fault == "timeout":
                     await asyncio.Event().wait()  # never answers; the client's deadline must act
                 if gen.fault == "error":

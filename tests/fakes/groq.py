@@ -94,6 +94,10 @@ class RequestLog:
     client_gone: bool = False
     audio_s: float = 0.0
     text: str = ""
+    #: The latency drawn for the answer (to the first token, or to the transcript), seconds: with
+    #: ``t_first_byte`` it tells how late a loaded fake was, so benchmarks can subtract their own harness.
+    asked_s: float | None = None
+    t_body: float | None = None  # the request body fully read: before it, the time is the client's upload
 
 
 class FakeGroq:
@@ -300,6 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         log = self._start()
         body = self._body()
+        log.t_body = time.perf_counter()
         if not self._authorized(log):
             return
         if self.path == "/openai/v1/chat/completions":
@@ -329,6 +334,7 @@ class _Handler(BaseHTTPRequestHandler):
         tokens = _TOKEN.findall(text)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
         ttft = fake.sample(fake.config.ttft) * (10 if log.fault == "slow" else 1)
+        log.asked_s = ttft
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         rid = f"req_{uuid.uuid4().hex[:26]}"
         created = int(time.time())
@@ -487,8 +493,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fake = self.fake
         took = fake.sample(fake.config.stt) + duration / fake.config.stt_speed_factor
-        if not fake.wait(took * (10 if log.fault == "slow" else 1)):
+        log.asked_s = took * (10 if log.fault == "slow" else 1)
+        if not fake.wait(log.asked_s):
             return
+        log.t_first_byte = time.perf_counter()
         text = fake.transcript_for(audio)
         log.text = text
         rid = f"req_{uuid.uuid4().hex[:26]}"
