@@ -3,8 +3,10 @@ Groq and ElevenLabs servers made as slow as the real services are published to b
 client that streams recorded speech in real time over the ElevenLabs Agents WebSocket.
 
 Run: ``.venv/bin/python experiments/cloud_latency.py`` (52 turns per variant, 4 conversations at a
-time, 12 variants: about 15 minutes). ``--turns 8`` for a quick look, ``--variants +final_first`` for
-graphs/cloud.yaml alone.
+time, 13 variants: about 16 minutes). ``--turns 8`` for a quick look, ``--variants +level_cue`` for
+graphs/cloud.yaml alone, ``--noise-dbfs -50`` to put a steady noise floor under everything the client
+sends (the fixtures are clean speech over a -66 dBFS floor, and the client sends digital silence
+between turns).
 
 **The client** sends the microphone as ``user_audio_chunk`` messages of ``--chunk-ms`` audio, in real
 time. The default, 25 ms, is what the official browser client sends (``@elevenlabs/client``:
@@ -27,7 +29,7 @@ which run in this process on their own threads and loop):
   llm_request   the chat request reaches the fake Groq (before ``turn_committed`` when preemptive)
   turn_committed  the client receives the final ``user_transcript``; the turn policy commits once
                   both it and the end-of-turn silence are in, so at this moment or later (when the
-                  STT closes the utterance before the turn's silence runs out: +final_first)
+                  STT closes the utterance before the turn's silence runs out: since +final_first)
   llm_first_token the fake sends the first token
   tts_request   the first sentence reaches the fake ElevenLabs (``flush``)
   tts_first_audio the fake sends its first audio
@@ -75,7 +77,11 @@ difference between neighbours is what that overlap buys:
                 the turn still after 400 ms: the STT decides on the VAD's 32 ms windows, so at an
                 equal silence its final transcript came at the window after the turn's deadline,
                 and a turn whose held reply was ready waited for it; now it is in when the turn's
-                silence runs out = graphs/cloud.yaml as shipped
+                silence runs out
+  +level_cue    the early STT request also goes out once the audio has been quiet for 50 ms after
+                speech (``stt.early_level_ms``: each 10 ms frame near the noise floor and 45 dB under the
+                speech), before Silero's scores fall; its trail does not cancel that request, sound
+                after it does (a pause inside the sentence costs a request) = graphs/cloud.yaml as shipped
   held_only     off the chain: the held reply without the early STT request (against +warm_tts)
   chunk_100ms, chunk_250ms  off the chain: graphs/cloud.yaml, the client sending 100 / 250 ms chunks
 
@@ -146,38 +152,48 @@ REPLIES = {
 SILENCE_TURN = {"type": "turn_policy.silence", "endpoint_silence_ms": 400, "barge_in_min_speech_ms": 300}
 SENTENCES = {"first_piece_chars": 0}  # tts.elevenlabs: every piece a sentence (or a long clause)
 STT_AT_TURN = {"endpoint_silence_ms": 400}  # stt.groq closes an utterance at the turn's silence
+NO_LEVEL = {"early_level_ms": 0}  # stt.groq: the early request on the VAD's scores alone
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "baseline": {
-        "stt": {"speculative": False, "early_ms": 0, **STT_AT_TURN},
+        "stt": {"speculative": False, "early_ms": 0, **NO_LEVEL, **STT_AT_TURN},
         "turn": SILENCE_TURN,
         "llm": {"preemptive": False},
         "tts": {"warm": False, **SENTENCES},
     },
     "+spec_stt": {
-        "stt": {"early_ms": 0, **STT_AT_TURN},
+        "stt": {"early_ms": 0, **NO_LEVEL, **STT_AT_TURN},
         "turn": SILENCE_TURN,
         "llm": {"preemptive": False},
         "tts": {"warm": False, **SENTENCES},
     },
     "+preempt_llm": {
-        "stt": {"early_ms": 0, **STT_AT_TURN},
+        "stt": {"early_ms": 0, **NO_LEVEL, **STT_AT_TURN},
         "turn": SILENCE_TURN,
         "tts": {"warm": False, **SENTENCES},
     },
-    "+warm_tts": {"stt": {"early_ms": 0, **STT_AT_TURN}, "turn": SILENCE_TURN, "tts": SENTENCES},
-    "+early_stt": {"stt": {"early_score": None, **STT_AT_TURN}, "turn": SILENCE_TURN, "tts": SENTENCES},
-    "+held_reply": {"stt": {"early_score": None, **STT_AT_TURN}, "tts": SENTENCES},
-    "+falling_score": {"stt": STT_AT_TURN, "tts": SENTENCES},
-    "+first_words": {"stt": STT_AT_TURN},
-    "+final_first": {},  # graphs/cloud.yaml as it is
+    "+warm_tts": {
+        "stt": {"early_ms": 0, **NO_LEVEL, **STT_AT_TURN},
+        "turn": SILENCE_TURN,
+        "tts": SENTENCES,
+    },
+    "+early_stt": {
+        "stt": {"early_score": None, **NO_LEVEL, **STT_AT_TURN},
+        "turn": SILENCE_TURN,
+        "tts": SENTENCES,
+    },
+    "+held_reply": {"stt": {"early_score": None, **NO_LEVEL, **STT_AT_TURN}, "tts": SENTENCES},
+    "+falling_score": {"stt": {**NO_LEVEL, **STT_AT_TURN}, "tts": SENTENCES},
+    "+first_words": {"stt": {**NO_LEVEL, **STT_AT_TURN}},
+    "+final_first": {"stt": NO_LEVEL},
+    "+level_cue": {},  # graphs/cloud.yaml as it is
     # Off the chain: the held reply without the early STT request (compared with +warm_tts).
-    "held_only": {"stt": {"early_ms": 0, **STT_AT_TURN}, "tts": SENTENCES},
+    "held_only": {"stt": {"early_ms": 0, **NO_LEVEL, **STT_AT_TURN}, "tts": SENTENCES},
     # Off the chain: graphs/cloud.yaml with the client sending bigger chunks (a measurement condition,
     # not an overlap: compared with graphs/cloud.yaml at the default chunk).
     "chunk_100ms": {},
     "chunk_250ms": {},
 }
-BASE_OF = {"held_only": "+warm_tts", "chunk_100ms": "+final_first", "chunk_250ms": "+final_first"}
+BASE_OF = {"held_only": "+warm_tts", "chunk_100ms": "+level_cue", "chunk_250ms": "+level_cue"}
 CHUNK_OF = {"chunk_100ms": 100, "chunk_250ms": 250}  # else --chunk-ms
 MARKS = [
     "stt_request",
@@ -281,8 +297,12 @@ class Server:
 class Client:
     """One conversation: a microphone streaming in real time, and a reader that times what comes back."""
 
-    def __init__(self, ws: ClientConnection, chunk_ms: int) -> None:
+    def __init__(
+        self, ws: ClientConnection, chunk_ms: int, noise_dbfs: float | None = None, seed: int = 0
+    ) -> None:
         self.ws = ws
+        self.noise = None if noise_dbfs is None else 32768 * 10 ** (noise_dbfs / 20)  # RMS, in PCM units
+        self.rng = np.random.default_rng(seed)
         self.chunk = SR * chunk_ms // 1000 * 2
         self.chunk_s = chunk_ms / 1000
         self.queue: bytearray = bytearray()
@@ -301,6 +321,9 @@ class Client:
             data = bytes(self.queue[: self.chunk])
             del self.queue[: self.chunk]
             data += bytes(self.chunk - len(data))
+            if self.noise is not None:  # a microphone's noise floor, under the speech and between turns
+                x = np.frombuffer(data, "<i2") + self.rng.standard_normal(len(data) // 2) * self.noise
+                data = np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes()
             await self.ws.send(json.dumps({"user_audio_chunk": base64.b64encode(data).decode()}))
             if self.mark_at is not None:
                 self.mark_at -= self.chunk
@@ -365,6 +388,7 @@ async def conversation(
     utts: list[Utterance],
     chunk_ms: int,
     tick: Any,
+    noise_dbfs: float | None = None,
 ) -> list[Turn]:
     url = f"ws://127.0.0.1:{port}/v1/convai/conversation?agent_id={agent}"
     out: list[Turn] = []
@@ -372,7 +396,7 @@ async def conversation(
         await ws.send(json.dumps({"type": "conversation_initiation_client_data"}))
         meta = json.loads(await ws.recv())
         assert meta["type"] == "conversation_initiation_metadata", meta
-        client = Client(ws, chunk_ms)
+        client = Client(ws, chunk_ms, noise_dbfs, seed=index)
         tasks = [asyncio.create_task(client.mic()), asyncio.create_task(client.reader())]
         await asyncio.sleep(0.5 + 0.37 * index)  # stagger the conversations
         try:
@@ -460,7 +484,9 @@ def attach_fake_marks(
 # -- running a variant --------------------------------------------------------------------------------------------
 def transcriber(utts: list[Utterance]) -> Any:
     """The fake's STT: which fixture the uploaded audio came from. The server forwards the client's
-    16 kHz PCM unchanged, so a slice of the upload is found byte for byte in its fixture."""
+    16 kHz PCM unchanged, so a slice of the upload is found byte for byte in its fixture; under a noise
+    floor (``--noise-dbfs``), by its correlation with the fixtures."""
+    fixtures = [np.frombuffer(u.pcm, "<i2").astype(np.float64) for u in utts]
 
     def transcribe(wav_bytes: bytes) -> str:
         import io
@@ -472,7 +498,28 @@ def transcriber(utts: list[Utterance]) -> Any:
         for u in utts:
             if probe and probe in u.pcm:
                 return u.text
-        return "Sorry?"
+        # Under noise: the probe's best normalised correlation with each fixture, searched near where it
+        # must be (the upload starts about 130 ms before the speech: the VAD's and the STT's pads).
+        n = len(frames) // 2
+        at = round(SR * 0.37) + mid // 2
+        p = np.frombuffer(probe, "<i2").astype(np.float64)
+        if not p.any():
+            return "Sorry?"
+        best, text = 0.0, "Sorry?"
+        for u, x in zip(utts, fixtures, strict=True):
+            lo, hi = max(0, at - SR // 5), min(len(x), at + SR // 5 + len(p))
+            if hi - lo < len(p) or n < len(p):
+                continue
+            seg = x[lo:hi]
+            size = 1 << (len(seg) + len(p)).bit_length()
+            corr = np.fft.irfft(np.fft.rfft(seg, size) * np.conj(np.fft.rfft(p, size)), size)
+            corr = corr[: len(seg) - len(p) + 1]
+            csum = np.concatenate(([0.0], np.cumsum(seg * seg)))
+            energy = csum[len(p) :] - csum[: -len(p)]
+            score = float(np.max(corr / (np.sqrt(np.maximum(energy, 0) * (p @ p)) + 1e-9)))
+            if score > best:
+                best, text = score, u.text
+        return text if best > 0.5 else "Sorry?"
 
     return transcribe
 
@@ -523,6 +570,7 @@ def run_variant(
                         utts,
                         CHUNK_OF.get(name, args.chunk_ms),
                         lambda: progress.advance(task),
+                        args.noise_dbfs,
                     )
                     for i in range(args.concurrency)
                 )
@@ -650,6 +698,12 @@ def main() -> None:
         help="client audio chunk (25 ms: what @elevenlabs/client sends from a browser; the Python SDK sends 250)",
     )
     ap.add_argument("--ms-per-char", type=float, default=40.0, help="fake TTS speaking rate")
+    ap.add_argument(
+        "--noise-dbfs",
+        type=float,
+        default=None,
+        help="add a steady noise floor of this level (RMS) to everything the client sends, e.g. -50",
+    )
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=RESULTS)

@@ -28,6 +28,20 @@ rule that keeps it safe is unchanged: the request's audio reaches the window tha
 window at or above ``voiced_score`` after that cancels it and asks again, so a transcript that becomes
 final has heard every voiced window.
 
+``early_level_ms`` asks sooner still, on the level of the audio rather than the VAD's scores: once
+the audio has been quiet that long after speech (each 10 ms frame below both the utterance's speech
+level less 45 dB and the noise floor plus 6 dB, :mod:`ah.nodes.audio_level`; never digital silence),
+the request goes out with the audio up to that moment. The level drops in the chunk where the speech
+stops, while the scores trail it by two or three 32 ms windows and are only known once a whole window
+has come. A pause inside the sentence that long costs a request: sound above the threshold after the
+audio it heard cancels it (and a later quiet run asks again, once per run, at most
+``early_level_max`` times an utterance: each request is billed, cancelled or not). Windows the VAD still
+scores voiced after such a request are Silero's trail, not speech, when they began inside the audio
+it heard or score below ``early_score`` over audio the level measured quiet; a window at or above
+``early_score`` wholly after it cancels it as above (and the falling score asks again). Its tentative
+transcript's ``t_end`` is the last voiced window it answers for, so the turn policy's own check
+(a voiced window after a tentative transcript's end: the pause was inside the sentence) agrees.
+
 **Faults.** The SDK retries 429 (honouring ``retry-after``), 5xx and connection errors, at most
 ``max_retries`` times: a transcription is idempotent. Every request has a deadline
 (``timeout_s``, retries included). A transcription that still fails is dropped with an ``error`` event
@@ -50,6 +64,7 @@ import groq
 import httpx
 from pydantic import Field
 
+from ah.nodes.audio_level import FRAME, LevelMeter
 from ah.nodes.cloud import describe, error_frame, key_check, models_check, require_key, tls_context
 from ah.nodes.utterance_stt import UtteranceStt
 from ah.runtime.sdk import (
@@ -95,6 +110,22 @@ class GroqSttParams(Params):
         "goes out once scores have stayed below it early_ms after speech (default: voiced_score). Above "
         "voiced_score, it asks on the VAD's falling scores, a window sooner; a voiced window after the "
         "request still cancels it, so the audio sent always holds every voiced window.",
+    )
+    early_level_ms: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="With speculative: also start the early request once the audio has been quiet this long "
+        "after speech (its level near the noise floor and far below the utterance's speech), before the "
+        "VAD's scores fall (0: off). Sooner than the scores, which trail the speech by two or three "
+        "windows; a pause inside the sentence this long costs a request (cancelled when sound resumes).",
+    )
+    early_level_max: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="With early_level_ms: at most this many level requests for one utterance (each is "
+        "billed, cancelled or not); after that its end is found by the VAD's scores alone.",
     )
     endpoint_silence_ms: int = Field(
         300,
@@ -195,31 +226,97 @@ class GroqStt(UtteranceStt[GroqSttParams]):
     async def run(self) -> None:
         self._last_voiced = 0.0  # audio time of the last voiced VAD window (for early_ms)
         self._last_strong = 0.0  # ... of the last window at or above early_score
+        self._prev_score_t = 0.0  # ... of the end of the window before (the start of this one)
+        # The early request out (``_job``): how far its audio goes, whether the level asked for it, and
+        # the last voiced window it answers for (the t_end of its tentative transcript).
+        self._job_upto = 0.0
+        self._job_level = False
+        self._job_vouched = 0.0
+        self._meter = LevelMeter() if self.params.speculative and self.params.early_level_ms else None
+        self._quiet_since: float | None = None  # audio time the current quiet run began (early_level_ms)
+        self._level_asked: float | None = None  # ... the quiet run a level request was made for
+        self._level_count = 0  # level requests made for the current utterance
         try:
             await super().run()
         finally:
             await self._client.close()
 
-    def _on_speech_start(self) -> None:
-        self._last_voiced = self._last_strong = self._vad_t
+    def _on_speech_start(self, ev: VadFrame) -> None:
+        self._last_voiced = self._last_strong = self._prev_score_t = self._vad_t
+        self._quiet_since = None
+        if self._meter is not None and self._utt_start is None:  # a new utterance
+            self._meter.start_speech(ev.t)
+            self._level_asked = None
+            self._level_count = 0
+
+    def _ask_early(self, t1: float, upto: float, *, level: bool) -> None:
+        """Start the early request: the utterance so far, its speech to ``t1``, its audio to ``upto``."""
+        start = self._utt_start or 0.0
+        t1 = max(start, t1)
+        self._job = self._start(start, t1, upto, speculative=True, cue="level" if level else "score")
+        self._job_upto = max(t1, min(t1 + self.params.pad_ms / 1000, upto))
+        self._job_level = level
+        self._job_vouched = t1
+
+    def _drop_job(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self._job = None
+
+    def _on_audio(self, pcm: bytes) -> None:
+        meter = self._meter
+        if meter is None:
+            return
+        hold = self.params.early_level_ms / 1000
+        for t, db in meter.feed(pcm):
+            thr = meter.threshold(db) if self._speaking else None
+            if thr is None:  # not in speech, or the noise is too loud to tell: the VAD's scores decide
+                self._quiet_since = None
+                continue
+            frame_start = t - FRAME / SR
+            if db >= thr:
+                self._quiet_since = None
+                if self._job_level and self._job is not None and frame_start >= self._job_upto - 1e-9:
+                    self._drop_job()  # sound again after the audio it heard: a pause inside the sentence
+                continue
+            if self._quiet_since is None:
+                self._quiet_since = frame_start
+            if (
+                self._job is None
+                and self._level_asked != self._quiet_since  # one request per quiet run
+                and self._level_count < self.params.early_level_max
+                and t - self._quiet_since >= hold - 1e-9
+            ):
+                self._level_asked = self._quiet_since
+                self._level_count += 1
+                self._ask_early(self._quiet_since, t, level=True)
 
     def _on_score(self, ev: VadFrame) -> None:
         p = self.params
-        if not (p.speculative and p.early_ms):
+        window_start, self._prev_score_t = self._prev_score_t, ev.t
+        if not p.speculative:
             return
+        early_score = p.early_score if p.early_score is not None else p.voiced_score
         if ev.score >= p.voiced_score:
             self._last_voiced = ev.t
-            if self._job is not None:  # voiced audio after what it heard: that guess is stale
-                self._job.cancel()
-                self._job = None
-        early_score = p.early_score if p.early_score is not None else p.voiced_score
+            if self._job is not None:
+                # Voiced audio after what the request heard: that guess is stale. Except, for a request
+                # the level asked for, Silero's trail: a window that began within its audio (the level
+                # judges what came after), or one below early_score over audio the level measured quiet.
+                trail = self._job_level and (
+                    window_start < self._job_upto - 1e-9
+                    or (ev.score < early_score and self._meter is not None and self._meter.t >= ev.t - 1e-9)
+                )
+                if trail:
+                    self._job_vouched = ev.t
+                else:
+                    self._drop_job()
         if ev.score >= early_score:
             self._last_strong = ev.t
-        elif self._job is None and ev.t - self._last_strong >= p.early_ms / 1000 - 1e-9:
+        elif p.early_ms and self._job is None and ev.t - self._last_strong >= p.early_ms / 1000 - 1e-9:
             # A likely end of speech, before the VAD's hysteresis confirms it: ask now, with the audio
             # up to this window (the VAD has judged no further).
-            start = self._utt_start or 0.0
-            self._job = self._start(start, max(start, self._last_voiced), self._vad_t, speculative=True)
+            self._ask_early(self._last_voiced, self._vad_t, level=False)
 
     async def _transcribe(self, a: int, b: int, t0: float, t1: float, speculative: bool) -> Recognition:
         try:
@@ -263,6 +360,9 @@ class GroqStt(UtteranceStt[GroqSttParams]):
             )
         )
         if speculative and result.text and self._job is asyncio.current_task():
-            # Still the current guess (speech has not resumed): tell the client and the LLM early.
-            await self.transcripts.send(TranscriptFrame(result.text, False, result.confidence, t0, t1))
+            # Still the current guess (speech has not resumed): tell the client and the LLM early. Its
+            # t_end is the last voiced window it answers for, so a turn policy that checks the VAD's
+            # windows against it (a voiced one after it: the pause was inside the sentence) agrees.
+            t_end = max(t1, self._job_vouched) if self._job_level else t1
+            await self.transcripts.send(TranscriptFrame(result.text, False, result.confidence, t0, t_end))
         return result

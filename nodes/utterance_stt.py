@@ -10,7 +10,7 @@ order, so nothing is sent twice.
 Speculation (``speculative: true``): at each VAD ``end`` the utterance so far is transcribed at once,
 while the silence is still being timed, and that run's result becomes the final transcript if the
 endpoint is confirmed; speech resuming first cancels it. A subclass may start such a run sooner
-(``_on_score``), and it keeps what it started in ``_job``.
+(``_on_score``, ``_on_audio``), and it keeps what it started in ``_job``.
 """
 
 from __future__ import annotations
@@ -73,8 +73,11 @@ class UtteranceStt(Node[P]):
     def _on_score(self, ev: VadFrame) -> None:
         """A VAD score while the user speaks (hook for starting a speculative run early)."""
 
-    def _on_speech_start(self) -> None:
-        """A VAD start (hook)."""
+    def _on_speech_start(self, ev: VadFrame) -> None:
+        """A VAD start (hook; ``self._utt_start`` is still None if it begins an utterance)."""
+
+    def _on_audio(self, pcm: bytes) -> None:
+        """User audio, as it arrives (hook; it is already in ``self._audio``)."""
 
     # -- running ------------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -101,6 +104,7 @@ class UtteranceStt(Node[P]):
             start = self._utt_start
             keep_from = int((start - pad) * SR) if start is not None else self._audio.received
             self._audio.append(frame.pcm, keep_from)
+            self._on_audio(frame.pcm)
         self._audio.finish()
 
     async def _vad_loop(self) -> None:
@@ -112,7 +116,7 @@ class UtteranceStt(Node[P]):
                 self._on_score(ev)
             elif ev.kind == "start":
                 self._speaking = True
-                self._on_speech_start()
+                self._on_speech_start(ev)
                 self._deadline = None
                 if self._utt_start is None:
                     self._utt_start = ev.t
@@ -149,7 +153,9 @@ class UtteranceStt(Node[P]):
         self._deadline = None
         self._job = None
 
-    def _start(self, t0: float, t1: float, upto: float | None, *, speculative: bool) -> asyncio.Task[Any]:
+    def _start(
+        self, t0: float, t1: float, upto: float | None, *, speculative: bool, cue: str = ""
+    ) -> asyncio.Task[Any]:
         """Transcribe [t0 - pad, t1 + pad], but no further than ``upto`` (what the VAD has judged):
         the trailing pad never delays the start, and the audio a run hears depends on the VAD's time
         line only, not on how far ahead the audio happens to be."""
@@ -163,7 +169,13 @@ class UtteranceStt(Node[P]):
         self.ctx.emit(
             SessionEvent(
                 "stt_started",
-                data={"t_start": t0, "t_end": t1, "audio_s": (b - a) / SR, "speculative": speculative},
+                data={
+                    "t_start": t0,
+                    "t_end": t1,
+                    "audio_s": (b - a) / SR,
+                    "speculative": speculative,
+                    "cue": cue or ("vad_end" if speculative else "final"),
+                },
             )
         )
         return self._tg.create_task(self._transcribe(a, b, t0, t1, speculative))
