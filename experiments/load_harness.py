@@ -375,7 +375,7 @@ class StallSampler:
     """Where the event loop is when it stalls: a thread that, while the lag probe is overdue by
     more than ``threshold_s``, samples the loop thread's Python stack every ``every_s``; and every
     garbage collection of generation 1 or 2 with its pause. Both say what a lag spike was spent on,
-    which the lag figures alone cannot (py-spy needs ptrace, which containers often refuse)."""
+    which the lag figures alone cannot, and a sampling profiler does not single out."""
 
     def __init__(self, probe: LagProbe, threshold_s: float = 0.015, every_s: float = 0.002) -> None:
         import threading
