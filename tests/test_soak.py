@@ -26,10 +26,7 @@ def test_short_soak_with_client_disconnects(tmp_path: Path) -> None:
     assert verdict["no_hung_turn"], result["hung_turns"]
     assert verdict["no_failed_session"], result["failed_session_examples"]
     assert verdict["no_session_left_running"], result["server_sessions_left_after_clients_gone"]
-    # Faults this dense also hit some turns that follow a faulted one (each answered by its own error
-    # event); a session a fault left broken would answer none of them normally.
-    after, normal = result["turns_after_a_faulted_turn"], result["of_which_normal"]
-    assert 2 * normal >= after, (normal, after, result["error_examples"])
+    assert verdict["every_turn_after_a_fault_normal"]
     assert result["server"]["failed_sessions"] == 0
     assert (tmp_path / "soak.png").stat().st_size > 0
 
