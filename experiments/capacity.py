@@ -84,7 +84,7 @@ def serve_child(
     from ah.cli.main import _run_loop
 
     lag = LagProbe()
-    stalls = StallSampler(lag) if os.environ.get("AH_BENCH_STALLS") in ("1", "census") else None
+    stalls = StallSampler(lag) if os.environ.get("AH_BENCH_STALLS") == "1" else None
     if stalls is not None:
         stalls.start()
     server, agent_id = build_server(

@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,34 +58,40 @@ class FakeSettings:
 def child(which: str, stats_file: str, *settings: str) -> None:
     """One fake (``groq`` or ``elevenlabs``) in this process until SIGTERM, then its stats to the file."""
     sys.path.insert(0, str(ROOT))
-    from tests.fakes.latency import FaultPlan, Latency
-
-    s = FakeSettings(*settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threading.Thread(target=_stop_when_orphaned, args=(stop,), daemon=True).start()
-    out: dict[str, Any]
-    if which == "groq":
-        from tests.fakes.groq import FakeGroq, GroqConfig
+    s = FakeSettings(*settings)
+    fake, url, stats = _start_groq(s) if which == "groq" else _start_elevenlabs(s)
+    print(f"URL {url}", flush=True)
+    stop.wait()
+    Path(stats_file).write_text(json.dumps(stats()))
+    fake.stop()
 
-        groq = FakeGroq(
-            GroqConfig(
-                ttft=Latency.parse(s.groq_ttft),
-                token_gap=Latency.parse(s.groq_token_gap),
-                stt=Latency.parse(s.groq_stt),
-                transcripts=["What is the weather like?", "Tell me more."],
-                replies=[
-                    "It is sunny today. Expect clear skies all afternoon.",
-                    "Not much more to say, really.",
-                ],
-                faults=FaultPlan.parse(s.groq_faults, seed=1),
-            )
-        ).start()
-        print(f"URL {groq.base_url}", flush=True)
-        stop.wait()
-        out = {
+
+def _start_groq(s: FakeSettings) -> tuple[Any, str, Callable[[], dict[str, Any]]]:
+    from tests.fakes.groq import FakeGroq, GroqConfig
+    from tests.fakes.latency import FaultPlan, Latency
+
+    groq = FakeGroq(
+        GroqConfig(
+            ttft=Latency.parse(s.groq_ttft),
+            token_gap=Latency.parse(s.groq_token_gap),
+            stt=Latency.parse(s.groq_stt),
+            transcripts=["What is the weather like?", "Tell me more."],
+            replies=[
+                "It is sunny today. Expect clear skies all afternoon.",
+                "Not much more to say, really.",
+            ],
+            faults=FaultPlan.parse(s.groq_faults, seed=1),
+        )
+    ).start()
+
+    def stats() -> dict[str, Any]:
+        logs = list(groq.requests)
+        return {
             "groq_faults_injected": dict(groq.config.faults.injected),
-            "groq_requests": len(groq.requests),
+            "groq_requests": len(logs),
             # How late each answer left the loaded fake: (when, which, seconds past the drawn latency).
             # From the body read, so that the client's own upload time is not counted as the fake's.
             "lateness": [
@@ -93,30 +100,33 @@ def child(which: str, stats_file: str, *settings: str) -> None:
                     "stt" if "transcriptions" in log.path else "llm",
                     log.t_first_byte - log.t_body - log.asked_s,
                 )
-                for log in list(groq.requests)
+                for log in logs
                 if log.asked_s is not None and log.t_first_byte is not None and log.t_body is not None
             ],
             "upload": [
                 (log.t_start, "stt_upload", log.t_body - log.t_start)
-                for log in list(groq.requests)
+                for log in logs
                 if "transcriptions" in log.path and log.t_body is not None
             ],
         }
-        Path(stats_file).write_text(json.dumps(out))
-        groq.stop()
-    else:
-        from tests.fakes.elevenlabs_tts import FakeElevenLabsTts, TtsConfig
 
-        tts = FakeElevenLabsTts(
-            TtsConfig(
-                connect=Latency.parse(s.tts_connect),
-                ttfa=Latency.parse(s.tts_ttfa),
-                faults=FaultPlan.parse(s.tts_faults, seed=2),
-            )
-        ).start()
-        print(f"URL {tts.url}", flush=True)
-        stop.wait()
-        out = {
+    return groq, groq.base_url, stats
+
+
+def _start_elevenlabs(s: FakeSettings) -> tuple[Any, str, Callable[[], dict[str, Any]]]:
+    from tests.fakes.elevenlabs_tts import FakeElevenLabsTts, TtsConfig
+    from tests.fakes.latency import FaultPlan, Latency
+
+    tts = FakeElevenLabsTts(
+        TtsConfig(
+            connect=Latency.parse(s.tts_connect),
+            ttfa=Latency.parse(s.tts_ttfa),
+            faults=FaultPlan.parse(s.tts_faults, seed=2),
+        )
+    ).start()
+
+    def stats() -> dict[str, Any]:
+        return {
             "tts_faults_injected": dict(tts.config.faults.injected),
             "tts_generations": len(tts.generations),
             "tts_connections": len(tts.connections),
@@ -126,8 +136,8 @@ def child(which: str, stats_file: str, *settings: str) -> None:
                 if gen.asked_s is not None and gen.t_first_audio is not None
             ],
         }
-        Path(stats_file).write_text(json.dumps(out))
-        tts.stop()
+
+    return tts, tts.url, stats
 
 
 def _stop_when_orphaned(stop: threading.Event) -> None:
@@ -185,14 +195,10 @@ async def start_fakes(settings: FakeSettings, stats_file: Path) -> tuple[Fakes, 
 async def stop_fakes(fakes: Fakes) -> dict[str, Any]:
     """Stop them; what they injected and measured, both fakes' stats in one dict (lateness joined)."""
     result: dict[str, Any] = {"lateness": []}
+    from experiments.load_harness import terminate
+
     for which, proc in fakes.procs.items():
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await terminate(proc, 20)
         path = Path(f"{fakes.stats_file}.{which}")
         text = await asyncio.to_thread(lambda p=path: p.read_text() if p.exists() else "{}")
         stats = json.loads(text)

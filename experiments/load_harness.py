@@ -124,15 +124,20 @@ async def spawn_server(
     return server, int(line[1]), line[2]
 
 
-async def stop_server(server: asyncio.subprocess.Process) -> None:
-    """SIGTERM: the server drains its sessions and writes its figures; killed if not gone in 30 s."""
-    if server.returncode is None:
-        server.send_signal(signal.SIGTERM)
+async def terminate(proc: asyncio.subprocess.Process, grace_s: float) -> None:
+    """SIGTERM, so the process can write what it measured; killed if it is not gone in ``grace_s``."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(server.wait(), 30)
+            await asyncio.wait_for(proc.wait(), grace_s)
         except TimeoutError:
-            server.kill()
-            await server.wait()
+            proc.kill()
+            await proc.wait()
+
+
+async def stop_server(server: asyncio.subprocess.Process) -> None:
+    """The server drains its sessions and writes its figures (killed if not gone in 30 s)."""
+    await terminate(server, 30)
 
 
 def conversation_url(port: int, agent_id: str) -> str:
@@ -383,11 +388,6 @@ class StallSampler:
         self.probe, self.threshold_s, self.every_s = probe, threshold_s, every_s
         self.stacks: dict[str, int] = {}
         self.gc_pauses: list[tuple[float, int, float]] = []  # (when, generation, seconds)
-        # After each full collection, what the collector walks (slow: AH_BENCH_STALLS=census only).
-        self.census_types: dict[str, int] | None = (
-            {} if os.environ.get("AH_BENCH_STALLS") == "census" else None
-        )
-        self.census_sizes: list[int] = []
         self._gc_t0 = 0.0
         self._loop_thread = threading.get_ident()
         self._stop = threading.Event()
@@ -407,16 +407,8 @@ class StallSampler:
             return
         if phase == "start":
             self._gc_t0 = now()
-            return
-        self.gc_pauses.append((self._gc_t0, info["generation"], now() - self._gc_t0))
-        if info["generation"] == 2 and self.census_types is not None:
-            import gc
-            from collections import Counter
-
-            objects = gc.get_objects(generation=2)
-            self.census_types.update(Counter(type(o).__qualname__ for o in objects).most_common(30))
-            self.census_sizes.append(len(objects))
-            del objects
+        else:
+            self.gc_pauses.append((self._gc_t0, info["generation"], now() - self._gc_t0))
 
     def _sample(self) -> None:
         import traceback
@@ -442,10 +434,6 @@ class StallSampler:
             "samples": sum(self.stacks.values()),
             "top_stacks": sorted(self.stacks.items(), key=lambda kv: -kv[1])[:top],
             "gc_pause_ms": {g: dist(v, 1000, 2) for g, v in sorted(by_gen.items())},
-            "gen2_objects_after_full_collections": self.census_sizes,
-            "gen2_types_summed_over_them": sorted((self.census_types or {}).items(), key=lambda kv: -kv[1])[
-                :30
-            ],
             "gc_pauses": [(round(t, 3), g, round(d * 1000, 2)) for t, g, d in self.gc_pauses],
         }
 
