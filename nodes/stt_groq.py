@@ -258,11 +258,6 @@ class GroqStt(UtteranceStt[GroqSttParams]):
         self._job_level = level
         self._job_vouched = t1
 
-    def _drop_job(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
-            self._job = None
-
     def _on_audio(self, pcm: bytes) -> None:
         meter = self._meter
         if meter is None:

@@ -120,9 +120,8 @@ class UtteranceStt(Node[P]):
                 self._deadline = None
                 if self._utt_start is None:
                     self._utt_start = ev.t
-                elif self._job is not None:  # speech resumed: that transcript is stale
-                    self._job.cancel()
-                    self._job = None
+                else:  # speech resumed: a transcript of the utterance so far is stale
+                    self._drop_job()
             elif ev.kind == "end" and self._speaking:
                 self._speaking = False
                 self._utt_end = ev.t
@@ -152,6 +151,12 @@ class UtteranceStt(Node[P]):
         self._utt_start = None
         self._deadline = None
         self._job = None
+
+    def _drop_job(self) -> None:
+        """Cancel the speculative run out, if any: its transcript is stale."""
+        if self._job is not None:
+            self._job.cancel()
+            self._job = None
 
     def _start(
         self, t0: float, t1: float, upto: float | None, *, speculative: bool, cue: str = ""
