@@ -295,7 +295,8 @@ async def run(args: argparse.Namespace, console: Any) -> dict[str, Any]:
     served = json.loads(stats_file.read_text()) if stats_file.exists() else {"sessions": []}
     server_sessions = [(t - t_start, n) for t, n in served["sessions"]]
     result = summarise(args, stats, rss, server_sessions, served, server_log.read_text()[-3000:])
-    late = [x[2] for x in injected.pop("lateness", [])]  # how late the loaded fakes answered
+    # How late the loaded fakes answered (stt_upload is the server's own upload time, not the fakes').
+    late = [x[2] for x in injected.pop("lateness", []) if x[1] != "stt_upload"]
     result["provider_faults"] = injected
     result["fake_providers_late_ms"] = dist(late, 1000, 1) if late else {}
     return result
