@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import math
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -506,21 +507,32 @@ def test_pong_is_measured_as_ping_ms() -> None:
 
 
 def test_vad_scores_follow_the_user_audio() -> None:
+    """vad_score goes out when the score moves (>= 0.05 from the last one sent) and once a second while
+    it holds still: a client sees the rise and the fall, not 30 copies of a silence's ~0.01."""
+
     async def main() -> None:
         async with serving() as url, conversation(url, init({}, user_name="Ana")) as c:
             await c.wait_type("conversation_initiation_metadata")
             mic = Mic(c)
             mic.say(silence(0.3) + speech(0.5) + silence(0.4))
             await mic.said()
-            mic.stop()
             await asyncio.sleep(0.1)
             scores = [m["vad_score_event"]["vad_score"] for m in c.of_type("vad_score")]
-            assert len(scores) >= 5
+            assert len(scores) >= 3
             assert all(0.0 <= s <= 1.0 for s in scores)
             assert max(scores) > 0.9
             assert min(scores) < 0.1
             peak = scores.index(max(scores))
             assert min(scores[peak:]) < 0.1, "scores fall again when the user stops"
+            assert all(abs(a - b) >= 0.05 for a, b in itertools.pairwise(scores)), scores
+            # 2.2 s more of silence: the score holds still, so only the once-a-second reminders.
+            mic.say(silence(2.2))
+            await mic.said()
+            mic.stop()
+            await asyncio.sleep(0.1)
+            quiet = [m["vad_score_event"]["vad_score"] for m in c.of_type("vad_score")][len(scores) :]
+            assert 1 <= len(quiet) <= 3, quiet
+            assert max(quiet) < 0.1
 
     run(main())
 

@@ -41,6 +41,16 @@ class ProtocolOutParams(Params):
     vad_score_interval_ms: int = Field(
         100, ge=0, description="Minimum gap between vad_score events (0: every score; they are optional)."
     )
+    vad_score_min_change: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Send a vad_score only when it differs this much from the last one sent (0: every "
+        "score the interval lets through), or when vad_score_idle_ms have passed without one.",
+    )
+    vad_score_idle_ms: int = Field(
+        1000, ge=0, description="Longest gap between vad_score events while the score holds still."
+    )
     send_vad_scores: bool = Field(True, description="Send vad_score events (the JS client shows them).")
 
 
@@ -274,14 +284,26 @@ class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
                 )
 
     async def _vad_loop(self) -> None:
-        interval = self.params.vad_score_interval_ms / 1000
+        """Scores as a client would draw them: on change, not on every window.
+
+        A score every 32 ms (or every 100 ms) of every session was a tenth of the server's event loop
+        at 100 sessions (experiments/capacity.py), nearly all of it repeating a silence's ~0.01. So a
+        score goes out when it has moved by ``vad_score_min_change`` from the last one sent (compared
+        with the last *sent*, so a fall or rise inside one interval still goes out once it ends), and
+        at least every ``vad_score_idle_ms``."""
+        p = self.params
+        interval, idle = p.vad_score_interval_ms / 1000, p.vad_score_idle_ms / 1000
+        last_score = -1.0
         async for frame in self.vad:
-            if not self.params.send_vad_scores or frame.kind != "score":
+            if not p.send_vad_scores or frame.kind != "score":
                 continue
             now = self.ctx.clock.now()
-            if now - self._last_vad_sent < interval:
+            since = now - self._last_vad_sent
+            if since < interval:
                 continue
-            self._last_vad_sent = now
+            if abs(frame.score - last_score) < p.vad_score_min_change and since < idle:
+                continue
+            self._last_vad_sent, last_score = now, frame.score
             await self.state.send(
                 {"type": "vad_score", "vad_score_event": {"vad_score": round(frame.score, 3)}}
             )
