@@ -87,6 +87,31 @@ def test_audio_round_trips(pcm: bytes) -> None:
     assert msg == UserAudioChunk(pcm=pcm)
 
 
+def _outcome(raw: str) -> Any:
+    try:
+        return parse_client_message(raw)
+    except ProtocolError as exc:
+        return (exc.error_type, exc.message)
+
+
+b64_like = st.text(alphabet='ABCDabcd0189+/=\\"{} ,:\n', max_size=24)
+
+
+@given(
+    st.sampled_from(['{"user_audio_chunk":"', '{"user_audio_chunk": "', '{"user_audio_chunk" :"']),
+    st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode()) | b64_like,
+    st.sampled_from(['"}', '" }', '"}\n', '","type":"pong"}', '","x":1}']),
+)
+def test_the_audio_fast_path_agrees_with_the_json_parser(head: str, body: str, tail: str) -> None:
+    """Chunks written as the official clients write them skip ``json.loads``; whatever the text, the
+    outcome (the audio, or the error and its message) is the one the full parser gives."""
+    raw = head + body + tail
+    fast = _outcome(raw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(m, "_audio_chunk_fast", lambda _raw: None)
+        assert fast == _outcome(raw)
+
+
 @given(st.text(min_size=1).filter(lambda s: not s.isascii() or "=" in s.rstrip("=") or len(s) % 4 == 1))
 def test_bad_base64_is_a_value_error(chunk: str) -> None:
     with pytest.raises(ProtocolError) as info:
