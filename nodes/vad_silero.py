@@ -139,7 +139,8 @@ class SileroVad(Node[SileroVadParams]):
         scorer = batcher(self._model, POOL)
         state = SileroState()
         decider = _Decider(self.params)
-        pending = np.zeros(0, dtype=np.float32)
+        pending = b""  # PCM16 of a window not yet whole
+        step = WINDOW * 2
         async for first in self.audio:
             # Frames that queued while the last windows were scored go in one request: a session
             # whose VAD fell behind (a loaded loop, a slow batch) catches up in one batch, not in one
@@ -147,23 +148,23 @@ class SileroVad(Node[SileroVadParams]):
             frames = [first]
             while (more := self.audio.recv_nowait()) is not None:
                 frames.append(more)
-            parts = [pending] if len(pending) else []
             for frame in frames:
                 if frame.sample_rate != SR:
                     raise ValueError(f"vad.silero needs {SR} Hz audio, got {frame.sample_rate} Hz")
                 await self.audio_out.send(frame)
-                parts.append(np.frombuffer(frame.pcm, dtype="<i2").astype(np.float32) / 32768.0)
-            pending = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            whole = len(pending) // WINDOW * WINDOW
+            pcm = b"".join([pending, *(frame.pcm for frame in frames)])
+            whole = len(pcm) // step * step
             if not whole:
+                pending = pcm
                 continue
-            batch, pending = pending[:whole], pending[whole:]
+            pending = pcm[whole:]
+            batch = np.frombuffer(pcm, dtype="<i2", count=whole // 2)  # a view: the pool converts it
             probs = await scorer.score(state, batch)
             for prob in probs:
                 await self.events.send(VadFrame("score", decider.windows * WINDOW / SR + WINDOW / SR, prob))
                 change = decider.feed(prob)
                 if change is not None:
                     await self.events.send(change)
-        last = decider.finish((decider.windows * WINDOW + len(pending)) / SR)
+        last = decider.finish((decider.windows * WINDOW + len(pending) // 2) / SR)
         if last is not None:
             await self.events.send(last)

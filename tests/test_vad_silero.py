@@ -146,9 +146,7 @@ def test_sessions_scored_in_one_batch_get_what_each_gets_alone() -> None:
     from ah.nodes.vad_silero import POOL, _load_model
 
     model = _load_model()
-    clips = [
-        read_wav(name).astype(np.float32) / 32768 for name in ("user_01.wav", "user_03.wav", "cough.wav")
-    ]
+    clips = [read_wav(name).astype("<i2") for name in ("user_01.wav", "user_03.wav", "cough.wav")]
 
     def alone(x: np.ndarray) -> list[float]:
         from ah.nodes.vad_batcher import _Request
