@@ -41,22 +41,65 @@ class LevelMeter:
     def __init__(self) -> None:
         self._rest = np.zeros(0, dtype="<i2")
         self.frames = 0  # frames measured so far; frame k ends at (k + 1) * 10 ms of audio time
+        self._fed = 0  # samples fed, measured or deferred
+        self._deferred: list[bytes] = []  # audio fed with measure=False, not measured yet
+        self._deferred_n = 0  # samples in it
         self._floor_n = round(FLOOR_S * SR / FRAME)
+        self._keep_n = (self._floor_n + 1) * FRAME  # deferred samples kept (a frame more than the floor's)
         self._mins: deque[tuple[int, float]] = deque()  # (frame, dB), increasing dB: a sliding minimum
         self._recent: deque[tuple[float, float]] = deque(maxlen=self._floor_n)  # (t_end, dB)
         self.speech_db = _SILENT_DB  # the loudest frame since ``start_speech``
 
     @property
     def t(self) -> float:
-        """Audio time (s) up to which the stream has been measured."""
-        return self.frames * FRAME / SR
+        """Audio time (s) of the whole frames fed so far (deferred ones count: they will be measured
+        before anything reads a level)."""
+        return self._fed // FRAME * FRAME / SR
 
     @property
     def floor_db(self) -> float:
+        self._catch_up()
         return self._mins[0][1] if self._mins else _SILENT_DB
 
-    def feed(self, pcm: bytes) -> list[tuple[float, float]]:
-        """Measure new audio; returns ``(t_end, dB)`` of each frame it completed."""
+    def feed(self, pcm: bytes, *, measure: bool = True) -> list[tuple[float, float]]:
+        """Measure new audio; returns ``(t_end, dB)`` of each frame it completed.
+
+        ``measure=False`` (the caller needs no level now: outside speech) keeps the audio to measure
+        later, when a level is next asked for (``start_speech``, or a ``feed`` that measures). Then it
+        is measured in one pass, and the floor and speech level are what measuring every chunk at once
+        would have made them. Measuring 25-40 chunks a second of every session as they came was the
+        largest single cost on the event loop at 100 sessions (experiments/capacity.py); a session
+        speaks a fraction of the time. Only the last FLOOR_S + 1 s are kept: older audio cannot reach
+        the floor or the speech level."""
+        self._fed += len(pcm) // 2
+        if not measure:
+            self._deferred.append(pcm)
+            self._deferred_n += len(pcm) // 2
+            if self._deferred_n > self._keep_n + SR:
+                self._trim()
+            return []
+        self._catch_up()
+        return self._measure(pcm)
+
+    def _catch_up(self) -> None:
+        if self._deferred:
+            pcm = b"".join(self._deferred)
+            self._deferred.clear()
+            self._deferred_n = 0
+            self._measure(pcm)
+
+    def _trim(self) -> None:
+        """Drop whole frames from the front of the deferred audio, keeping the last ``_keep_n`` samples
+        or a little more. A dropped frame is counted (time goes on) but never measured: it would have
+        left the floor's window and the recent frames before anyone looked."""
+        x = np.concatenate((self._rest, np.frombuffer(b"".join(self._deferred), dtype="<i2")))
+        drop = (len(x) - self._keep_n) // FRAME * FRAME
+        self.frames += drop // FRAME
+        self._rest = np.zeros(0, dtype="<i2")
+        self._deferred = [x[drop:].tobytes()]
+        self._deferred_n = len(x) - drop
+
+    def _measure(self, pcm: bytes) -> list[tuple[float, float]]:
         # Integer samples and one C call for the frames' energies: this runs for every chunk of every
         # session on the event loop, where numpy's per-call overhead (a float copy, a scaling, a
         # Python-level mean) cost more than the arithmetic (capacity.py's profile at 100 sessions).
@@ -87,6 +130,7 @@ class LevelMeter:
     def start_speech(self, since: float) -> None:
         """A new utterance began at audio time ``since`` (the VAD says so after the fact): its speech
         level is the loudest frame measured since then."""
+        self._catch_up()
         self.speech_db = max((db for t, db in self._recent if t > since), default=_SILENT_DB)
 
     def threshold(self, db: float) -> float | None:

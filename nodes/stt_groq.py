@@ -263,6 +263,10 @@ class GroqStt(UtteranceStt[GroqSttParams]):
         if meter is None:
             return
         hold = self.params.early_level_ms / 1000
+        if not self._speaking:  # no level is judged outside speech: the meter measures it later, at once
+            self._quiet_since = None
+            meter.feed(pcm, measure=False)
+            return
         for t, db in meter.feed(pcm):
             thr = meter.threshold(db) if self._speaking else None
             if thr is None:  # not in speech, or the noise is too loud to tell: the VAD's scores decide
