@@ -8,16 +8,9 @@ sessions costs ~57 us a window instead of ~135. So every session's windows go to
 :class:`WindowBatcher`, which runs them on the ``vad`` thread pool (the second core; ONNX Runtime frees
 the GIL) as few calls as possible.
 
-Batching without waiting while the load is light: the first request starts a batch at once, and
-requests that arrive while it runs form the next one. With one session that is one call per frame (as
-before, plus a thread hop), and no window waits for another.
-
-Under load, a short gather (:data:`GATHER_S`, 5 ms): a call of one window costs ~145 us and one of 25
-windows ~63 us a window, but requests that come every 0.4 ms (100 sessions) while a call takes 0.15
-found the pool idle, so nearly every one went alone, and the VAD thread took 0.43 of a core at 100
-sessions. So when the recent arrival rate would fill a batch of :data:`MIN_GATHER` or more within
-:data:`GATHER_S`, the batch waits for that many requests or that long, whichever comes first. The
-wait is added to the VAD's decisions only then, and it is smaller than one 32 ms window.
+Batching without waiting: no timer gathers a batch. The first request starts a batch at once; requests
+that arrive while it runs form the next one. With one session that is one call per frame (as before,
+plus a thread hop); under load batches grow by themselves, and no window waits longer than one batch.
 
 State is per session (:class:`SileroState`: the recurrent state and the last 64 samples), carried in
 and out of each call; the batch result for a session is the same as scoring it alone (to float
@@ -29,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,13 +34,6 @@ WINDOW = 512  # samples per decision: 32 ms
 CONTEXT = 64  # samples of the previous window the model sees in front of each one
 _SR = np.array(SR, dtype=np.int64)
 _SCALE = np.float32(1 / 32768)
-#: Longest a request waits for others to join its batch (only under load; see the module docstring).
-GATHER_S = 0.005
-#: Gather only when the arrival rate would bring at least this many requests within GATHER_S.
-MIN_GATHER = 4
-#: Largest batch a gather waits for.
-MAX_GATHER = 64
-_RATE_SAMPLES = 64  # arrivals the rate is estimated from
 
 
 @dataclass
@@ -67,7 +52,6 @@ class _Request:
     probs: list[float] = field(default_factory=list)
     state: np.ndarray | None = None
     context: np.ndarray | None = None
-    t: float = 0.0  # loop time it arrived
 
 
 def score_batch(model: Any, requests: list[_Request]) -> None:
@@ -106,21 +90,8 @@ class WindowBatcher:
         self._pending: list[_Request] = []
         self._running = False
         self._task: asyncio.Task[None] | None = None  # held so it is not garbage-collected mid-batch
-        self._arrivals: deque[float] = deque(maxlen=_RATE_SAMPLES)  # loop times of recent requests
-        self._target = 0  # requests the batch being gathered waits for (0: not gathering)
-        self._full = asyncio.Event()
         self.largest = 0  # most requests in one batch (tests: sessions did share calls)
         self.requests = 0  # score() calls (tests: a node that fell behind catches up in few of them)
-        self.batches = 0  # ONNX batches run (benchmarks: requests / batches is the mean batch)
-
-    def gather_target(self) -> int:
-        """How many requests the next batch should wait for: what GATHER_S brings at the recent rate,
-        or 0 (go at once) when that is under MIN_GATHER."""
-        a = self._arrivals
-        if len(a) < MIN_GATHER or a[-1] <= a[0]:
-            return 0
-        expected = (len(a) - 1) / (a[-1] - a[0]) * GATHER_S
-        return min(MAX_GATHER, int(expected)) if expected >= MIN_GATHER else 0
 
     async def score(self, session: SileroState, samples: np.ndarray) -> list[float]:
         """Speech probability of each whole window in ``samples`` (int16 PCM, a multiple of WINDOW long).
@@ -128,33 +99,18 @@ class WindowBatcher:
         PCM16 as it came: converting to float here, per frame of every session, was several per cent
         of the event loop at 100 sessions; the pool converts a whole batch in one call."""
         loop = asyncio.get_running_loop()
-        request = _Request(session, samples.reshape(-1, WINDOW), loop.create_future(), t=loop.time())
+        request = _Request(session, samples.reshape(-1, WINDOW), loop.create_future())
         self.requests += 1
-        self._arrivals.append(request.t)
         self._pending.append(request)
-        if self._target and len(self._pending) >= self._target:
-            self._full.set()
         if not self._running:
             self._running = True
             self._task = loop.create_task(self._drain(), name="vad-batcher")
         return await request.future
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                self._target = self.gather_target()
-                wait = self._pending[0].t + GATHER_S - loop.time()  # counted from the oldest request
-                if self._target > len(self._pending) and wait > 0:
-                    self._full.clear()
-                    timer = loop.call_later(wait, self._full.set)
-                    try:
-                        await self._full.wait()
-                    finally:
-                        timer.cancel()
-                self._target = 0
                 batch, self._pending = self._pending, []
-                self.batches += 1
                 self.largest = max(self.largest, len(batch))
                 try:
                     await run_blocking(self._pool, score_batch, self._model, batch)
