@@ -52,6 +52,41 @@ FAULTS = ("429", "500", "503", "timeout", "disconnect", "malformed", "stream_err
 CHAT_MODELS = ("llama-3.1-8b-instant", "llama-3.3-70b-versatile", "openai/gpt-oss-20b", "openai/gpt-oss-120b")
 STT_MODELS = ("whisper-large-v3-turbo", "whisper-large-v3", "distil-whisper-large-v3-en")
 _TOKEN = re.compile(r"\s*\S+")
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?')
+_NAME = re.compile(rb'name="([^"]*)"')
+
+
+def _form_fields(ctype: str, body: bytes) -> dict[str, bytes]:
+    """The fields of a ``multipart/form-data`` body, by name.
+
+    The plain layout the SDKs write (RFC 7578: ``--boundary``, part headers, a blank line, the bytes)
+    is split directly: the email package took ~3 ms of CPU for a 3 s upload, which under the capacity
+    benchmark's load (100 sessions' uploads, every thread of this server sharing one GIL) made the fake
+    slower than the provider it stands for. Anything else goes to the email parser, as before."""
+    found = _BOUNDARY.search(ctype)
+    if found is not None:
+        delimiter = b"\r\n--" + found.group(1).encode()
+        pieces = (b"\r\n" + body).split(delimiter)
+        if len(pieces) >= 3 and pieces[0] == b"" and pieces[-1].startswith(b"--"):
+            fields: dict[str, bytes] = {}
+            for piece in pieces[1:-1]:
+                head, sep, payload = piece.partition(b"\r\n\r\n")
+                name = _NAME.search(head)
+                if not sep or name is None or b"content-transfer-encoding" in head.lower():
+                    break
+                fields[name.group(1).decode()] = payload
+            else:
+                return fields
+    msg = BytesParser(policy=policy.HTTP).parsebytes(
+        b"Content-Type: " + ctype.encode() + b"\r\nMIME-Version: 1.0\r\n\r\n" + body
+    )
+    fields = {}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str) and isinstance(payload, bytes):
+            fields[name] = payload
+    return fields
 
 
 @dataclass(slots=True)
@@ -443,15 +478,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not ctype.startswith("multipart/form-data"):
             self._error(log, 400, "request Content-Type must be multipart/form-data", "invalid_request_error")
             return
-        msg = BytesParser(policy=policy.HTTP).parsebytes(
-            b"Content-Type: " + ctype.encode() + b"\r\nMIME-Version: 1.0\r\n\r\n" + body
-        )
-        fields: dict[str, bytes] = {}
-        for part in msg.iter_parts():
-            name = part.get_param("name", header="content-disposition")
-            payload = part.get_payload(decode=True)
-            if isinstance(name, str) and isinstance(payload, bytes):
-                fields[name] = payload
+        fields = _form_fields(ctype, body)
         log.model = fields.get("model", b"").decode()
         if "file" not in fields and "url" not in fields:
             self._error(log, 400, "file or url must be provided", "invalid_request_error")
