@@ -40,6 +40,48 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+#: The groq SDK's own default pool (``groq._constants.DEFAULT_CONNECTION_LIMITS``): a transport given to
+#: httpx replaces the one it would have built with them.
+_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
+
+class OneWriteBody(httpx.AsyncBaseTransport):
+    """Sends a request body that is in memory (a multipart upload of bytes) as one write.
+
+    httpx hands httpcore a multipart body part by part (a boundary, headers, the bytes, a CRLF: ~16
+    pieces for a transcription), and each write waits its turn on the event loop (anyio checks for
+    cancellation before every send). Under load a turn of the loop is a millisecond or more, so an
+    upload of a few hundred kB took 20-30 ms at p95 at 100 sessions (experiments/capacity.py's
+    ``stt_upload``), on the critical path of every turn. Bodies that are not in memory (a file
+    stream: iterating it would read it on the loop) pass through untouched."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        stream = request.stream
+        if isinstance(stream, httpx.SyncByteStream) and not isinstance(stream, httpx.ByteStream):
+            if _in_memory(stream):
+                request.stream = httpx.ByteStream(b"".join(stream))
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _in_memory(stream: Any) -> bool:
+    """A multipart body whose every file is bytes or str (what the SDKs make from ``(name, bytes)``)."""
+    fields = getattr(stream, "fields", None)
+    return fields is not None and all(isinstance(getattr(f, "file", b""), (bytes, str)) for f in fields)
+
+
+def provider_http_client(**kwargs: Any) -> httpx.AsyncClient:
+    """The httpx client a provider SDK gets: the process's TLS context (:func:`tls_context`), the groq
+    SDK's pool limits and redirects, and bodies in one write (:class:`OneWriteBody`)."""
+    transport = OneWriteBody(httpx.AsyncHTTPTransport(verify=tls_context(), limits=_LIMITS))
+    return httpx.AsyncClient(transport=transport, follow_redirects=True, **kwargs)
+
+
 class MissingKey(RuntimeError):
     """An API key the node needs is not in the environment."""
 

@@ -44,8 +44,8 @@ from ah.nodes.cloud import (
     error_frame,
     key_check,
     models_check,
+    provider_http_client,
     require_key,
-    tls_context,
 )
 from ah.nodes.llm_prompt import Message, fill_variables, prompt_messages
 from ah.nodes.llm_reply import SpokenWords
@@ -449,7 +449,7 @@ class GroqLlm(_ChatLlm):
             base_url=p.base_url,
             max_retries=p.max_retries,
             timeout=self.timeout(),
-            http_client=groq.DefaultAsyncHttpxClient(verify=tls_context()),  # no CA loading per session
+            http_client=provider_http_client(),  # shared TLS context; bodies in one write
         )
 
     @classmethod

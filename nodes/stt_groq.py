@@ -65,7 +65,7 @@ import httpx
 from pydantic import Field
 
 from ah.nodes.audio_level import FRAME, LevelMeter
-from ah.nodes.cloud import describe, error_frame, key_check, models_check, require_key, tls_context
+from ah.nodes.cloud import describe, error_frame, key_check, models_check, provider_http_client, require_key
 from ah.nodes.utterance_stt import UtteranceStt
 from ah.runtime.sdk import (
     AudioFrame,
@@ -209,7 +209,7 @@ class GroqStt(UtteranceStt[GroqSttParams]):
             base_url=p.base_url,
             max_retries=p.max_retries,
             timeout=httpx.Timeout(p.timeout_s, connect=min(5.0, p.timeout_s)),
-            http_client=groq.DefaultAsyncHttpxClient(verify=tls_context()),  # no CA loading per session
+            http_client=provider_http_client(),  # shared TLS context; uploads in one write
         )
 
     @classmethod
