@@ -40,9 +40,12 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-#: The groq SDK's own default pool (``groq._constants.DEFAULT_CONNECTION_LIMITS``): a transport given to
-#: httpx replaces the one it would have built with them.
-_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+#: The groq SDK's own default pool (``groq._constants.DEFAULT_CONNECTION_LIMITS``; a transport given to
+#: httpx replaces the one it would have built with them), but with a longer keep-alive.
+#: Idle connections are kept 50 s, not httpx's 5: a turn comes every several seconds (the agent speaks,
+#: the user thinks), and after 5 s each request paid a new connection, a TLS handshake with a real
+#: provider, on the critical path (under 60 s, the idle timeout of common load balancers).
+_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=50.0)
 
 
 class OneWriteBody(httpx.AsyncBaseTransport):
@@ -139,7 +142,8 @@ class Timing:
 async def deadline(seconds: float, work: Any) -> Any:
     """Await ``work`` for at most ``seconds``; :class:`Deadline` after that."""
     try:
-        return await asyncio.wait_for(work, seconds)
+        async with asyncio.timeout(seconds):  # not wait_for: no task of its own, no extra turns of the loop
+            return await work
     except TimeoutError:
         raise Deadline(f"no answer within the deadline of {seconds:g} s") from None
 

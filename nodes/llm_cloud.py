@@ -370,16 +370,16 @@ class _ChatLlm(Node[ChatLlmParams]):
             return max(0.001, p.first_token_timeout_s - (time.perf_counter() - t0))
 
         try:
-            stream = await asyncio.wait_for(
-                self._client.chat.completions.create(
+            # asyncio.timeout, not wait_for: wait_for runs the awaitable as a task of its own, two more
+            # turns of the loop for every chunk, which under load is milliseconds on the first token.
+            async with asyncio.timeout(first_left()):
+                stream = await self._client.chat.completions.create(
                     model=p.model,
                     messages=messages,
                     stream=True,
                     temperature=p.temperature,
                     max_tokens=p.max_tokens,
-                ),
-                first_left(),
-            )
+                )
         except TimeoutError:
             raise Deadline(f"no response within {p.first_token_timeout_s:g} s") from None
         try:
@@ -387,7 +387,8 @@ class _ChatLlm(Node[ChatLlmParams]):
             while True:
                 wait = p.stall_timeout_s if job.t_first is not None else first_left()
                 try:
-                    chunk = await asyncio.wait_for(it.__anext__(), wait)
+                    async with asyncio.timeout(wait):
+                        chunk = await it.__anext__()
                 except StopAsyncIteration:
                     break
                 except TimeoutError:

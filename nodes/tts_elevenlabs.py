@@ -472,7 +472,8 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
                     (p.stall_timeout_s if state.emitted else p.first_audio_timeout_s) if waiting else None
                 )
                 try:
-                    item = await asyncio.wait_for(q.get(), timeout)
+                    async with asyncio.timeout(timeout):  # not wait_for: no task per item
+                        item = await q.get()
                 except TimeoutError:
                     if ended and state.emitted and (not aligned or received >= 0.9 * expected):
                         # The audio has stopped and (nearly) every character came back: the reply is
