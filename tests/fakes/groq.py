@@ -225,6 +225,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's httpx pool expects
+    # TCP_NODELAY, as API front ends set it: with Nagle's algorithm, a small write (the first SSE chunk
+    # after the headers) waits for the ACK of the one before, which the client may delay by 40 ms.
+    disable_nagle_algorithm = True
 
     @property
     def fake(self) -> FakeGroq:
