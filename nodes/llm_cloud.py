@@ -165,6 +165,10 @@ class _ChatLlm(Node[ChatLlmParams]):
     def make_client(self, key: str) -> Any:
         raise NotImplementedError
 
+    async def open_stream(self, body: dict[str, Any]) -> Any:
+        """The SDK's stream of ``chat.completion.chunk`` objects for a request ``body``."""
+        return await self._client.chat.completions.create(**body)
+
     def key(self) -> str:
         return require_key(
             self.params.api_key_env, f"node {self.id!r}", f"{self.provider} ({self.params.model})"
@@ -373,12 +377,14 @@ class _ChatLlm(Node[ChatLlmParams]):
             # asyncio.timeout, not wait_for: wait_for runs the awaitable as a task of its own, two more
             # turns of the loop for every chunk, which under load is milliseconds on the first token.
             async with asyncio.timeout(first_left()):
-                stream = await self._client.chat.completions.create(
-                    model=p.model,
-                    messages=messages,
-                    stream=True,
-                    temperature=p.temperature,
-                    max_tokens=p.max_tokens,
+                stream = await self.open_stream(
+                    {
+                        "model": p.model,
+                        "messages": messages,
+                        "stream": True,
+                        "temperature": p.temperature,
+                        "max_tokens": p.max_tokens,
+                    }
                 )
         except TimeoutError:
             raise Deadline(f"no response within {p.first_token_timeout_s:g} s") from None
@@ -428,6 +434,25 @@ class _ChatLlm(Node[ChatLlmParams]):
         return checks
 
 
+async def groq_chat_stream(client: Any, body: dict[str, Any]) -> Any:
+    """``client.chat.completions.create(**body)`` less its parameter transform: the same request and
+    stream, through the SDK's own ``post`` (its retries, errors and SSE parsing), without walking every
+    message of the history through the SDK's typed transform, which was 5 % of the event loop at 100
+    sessions (experiments/capacity.py's profile) and grows with the conversation. The transform
+    leaves plain ``{"role", "content"}`` messages as they are (tests/test_provider_http.py checks the
+    two requests are the same)."""
+    import groq
+    from groq.types.chat import ChatCompletion, ChatCompletionChunk
+
+    return await client.post(
+        "/openai/v1/chat/completions",
+        body=body,
+        cast_to=ChatCompletion,
+        stream=True,
+        stream_cls=groq.AsyncStream[ChatCompletionChunk],
+    )
+
+
 def _retryable(exc: BaseException) -> bool:
     """A broken stream may be asked again; a refusal with a status (bad request, key, quota) may not:
     the SDK has already retried what its rules allow (429, 5xx)."""
@@ -452,6 +477,9 @@ class GroqLlm(_ChatLlm):
             timeout=self.timeout(),
             http_client=provider_http_client(),  # shared TLS context; bodies in one write
         )
+
+    async def open_stream(self, body: dict[str, Any]) -> Any:
+        return await groq_chat_stream(self._client, body)
 
     @classmethod
     def models_url(cls, params: ChatLlmParams) -> str:
