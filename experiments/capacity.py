@@ -241,6 +241,12 @@ async def run_levels(args: argparse.Namespace, console: Any, voice: list[bytes] 
         server_log, start_timeout_s=120, env=env,
     )  # fmt: skip
     url = conversation_url(port, agent_id)
+    if args.load_nice:  # the stand-ins for remote parties yield the CPU to the server (after it started)
+        os.nice(args.load_nice)
+        for proc in fakes.procs.values() if fakes is not None else ():
+            os.setpriority(
+                os.PRIO_PROCESS, proc.pid, os.getpriority(os.PRIO_PROCESS, proc.pid) + args.load_nice
+            )
     console.print(f"server pid {server.pid} on port {port} ({agent_id}); clients in pid {os.getpid()}")
     levels: list[Level] = []
     client_lag = LagProbe()
@@ -454,6 +460,15 @@ def main() -> None:
         help="fake providers with their log-normal spread (default: fixed at the medians, so that "
         "what differs between levels is what load adds)",
     )
+    parser.add_argument(
+        "--load-nice",
+        type=int,
+        default=10,
+        help="niceness added to the clients and the fake providers (default 10; 0: the server's priority). "
+        "They stand for remote users and providers: on the server's own cores they should not take CPU "
+        "time it would have in production. A client or fake that this starves shows in the figures "
+        "(client_event_loop_lag_ms, fake_providers_late_ms), so nothing is hidden",
+    )
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server process")
     parser.add_argument(
         "--profile", type=Path, help="diagnosis: cProfile the server process into this file (slows it down)"
@@ -512,6 +527,7 @@ def main() -> None:
             else None,
             "speech": str(args.speech) if args.speech else "1 s tone",
             "admission_limit": args.admission,
+            "load_nice": args.load_nice,
             "excess_rate": args.excess_rate,
         },
         "goals": {
