@@ -11,6 +11,8 @@ Not a node type. The provider nodes (``stt.groq``, ``llm.groq``, ``llm.openai_co
 * **One TLS context per process** (:func:`tls_context`): loading the CA bundle costs ~20 ms of CPU,
   and the SDKs do it for every client they make, i.e. for every session, on the event loop; shared,
   it is paid once (experiments/capacity.py found it was a fifth of the server's CPU at 40 sessions).
+* **One recipe for the SDKs' httpx client** (:func:`provider_http_client`): that context, keep-alive
+  long enough to outlast the pause between turns, and in-memory uploads sent in one write.
 * **A failed call is an event, not a crash**: :func:`error_frame` makes the ``error`` control frame
   that ``protocol_out`` sends to the client, naming the node and the provider's own message; the
   session and the conversation go on.

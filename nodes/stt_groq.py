@@ -268,8 +268,8 @@ class GroqStt(UtteranceStt[GroqSttParams]):
             meter.feed(pcm, measure=False)
             return
         for t, db in meter.feed(pcm):
-            thr = meter.threshold(db) if self._speaking else None
-            if thr is None:  # not in speech, or the noise is too loud to tell: the VAD's scores decide
+            thr = meter.threshold(db)
+            if thr is None:  # the noise is too loud to tell: the VAD's scores decide
                 self._quiet_since = None
                 continue
             frame_start = t - FRAME / SR
