@@ -42,8 +42,6 @@ from ah.telemetry.hub import PROMETHEUS_CONTENT_TYPE, Telemetry
 log = logging.getLogger("ah.server")
 
 CONVERSATION_PATH = "/v1/convai/conversation"
-#: gen-1 collections between full ones (Python's default: 10); see AgentServer.preload.
-FULL_COLLECTION_EVERY = 100
 SIGNED_URL_PATH = "/v1/convai/conversation/get-signed-url"
 
 
@@ -335,13 +333,6 @@ class AgentServer:
         # waited); see experiments/capacity.py --stalls.
         gc.collect()
         gc.freeze()
-        # And full collections ten times rarer (after 100 gen-1 collections, not 10). With the process's
-        # objects frozen, what the collector counts as long-lived is only the sessions' objects, so
-        # under load its rule (pending > a quarter of those) let a full collection, 45-80 ms for 100
-        # sessions, run every few seconds: each one stalled every turn in flight. Cyclic garbage that
-        # reaches the oldest generation is freed later (a minute or so under load), no less surely.
-        young, middle, _ = gc.get_threshold()
-        gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
     async def start(self) -> None:
         where: dict[str, Any] = {"host": self.config.host, "port": self.config.port}
