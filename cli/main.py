@@ -335,6 +335,10 @@ def run(
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format=f"%(asctime)s {who}%(name)s %(message)s"
     )
+    if not verbose:
+        # websockets logs every connection's open and close and every plain HTTP answer at INFO: a
+        # line per /readyz probe (every 2 s under Kubernetes) buried the one line per turn.
+        logging.getLogger("websockets.server").setLevel(logging.WARNING)
     if once:
         _run_once(_load_or_exit(target))
         return
