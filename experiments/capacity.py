@@ -329,8 +329,9 @@ async def run_levels(args: argparse.Namespace, console: Any, voice: list[bytes] 
 def fakes_lateness(lateness: list[tuple[float, str, float]], a: float, b: float) -> dict[str, Any]:
     """How late the fakes' answers were, past the latency they drew, per provider stage: the share of a
     level's latency that is the benchmark's own harness (a Python process per provider, faking it for
-    every session), not the server's. ``stt_upload`` is the other way round: how long the server took
-    to send the fake its audio (the request's start to its body read), the server's share."""
+    every session), not the server's. ``stt_upload`` is the request's start to its body read: the
+    server sending the audio and the fake reading it (when the fake parsed uploads slowly, most of it
+    was the fake's)."""
     kinds: dict[str, list[float]] = {}
     for t, kind, late in lateness:
         if a <= t <= b:

@@ -80,11 +80,11 @@ def _in_memory(stream: Any) -> bool:
     return fields is not None and all(isinstance(getattr(f, "file", b""), (bytes, str)) for f in fields)
 
 
-def provider_http_client(**kwargs: Any) -> httpx.AsyncClient:
+def provider_http_client() -> httpx.AsyncClient:
     """The httpx client a provider SDK gets: the process's TLS context (:func:`tls_context`), the groq
     SDK's pool limits and redirects, and bodies in one write (:class:`OneWriteBody`)."""
     transport = OneWriteBody(httpx.AsyncHTTPTransport(verify=tls_context(), limits=_LIMITS))
-    return httpx.AsyncClient(transport=transport, follow_redirects=True, **kwargs)
+    return httpx.AsyncClient(transport=transport, follow_redirects=True)
 
 
 class MissingKey(RuntimeError):

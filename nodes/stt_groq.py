@@ -262,11 +262,11 @@ class GroqStt(UtteranceStt[GroqSttParams]):
         meter = self._meter
         if meter is None:
             return
-        hold = self.params.early_level_ms / 1000
         if not self._speaking:  # no level is judged outside speech: the meter measures it later, at once
             self._quiet_since = None
             meter.feed(pcm, measure=False)
             return
+        hold = self.params.early_level_ms / 1000
         for t, db in meter.feed(pcm):
             thr = meter.threshold(db)
             if thr is None:  # the noise is too loud to tell: the VAD's scores decide

@@ -81,7 +81,6 @@ class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
     async def run(self) -> None:
         self.state = ProtocolState.of(self.ctx)
         self._replies: dict[int, _Reply] = {}
-        self._last_vad_sent = -1e9
         self._scope_changed = asyncio.Event()
         self.ctx.scopes.observe(lambda _scope: self._scope_changed.set())
         async with asyncio.TaskGroup() as tg:
@@ -293,17 +292,17 @@ class ElevenLabsProtocolOut(Node[ProtocolOutParams]):
         at least every ``vad_score_idle_ms``."""
         p = self.params
         interval, idle = p.vad_score_interval_ms / 1000, p.vad_score_idle_ms / 1000
-        last_score = -1.0
+        last_sent, last_score = -1e9, -1.0
         async for frame in self.vad:
             if not p.send_vad_scores or frame.kind != "score":
                 continue
             now = self.ctx.clock.now()
-            since = now - self._last_vad_sent
+            since = now - last_sent
             if since < interval:
                 continue
             if abs(frame.score - last_score) < p.vad_score_min_change and since < idle:
                 continue
-            self._last_vad_sent, last_score = now, frame.score
+            last_sent, last_score = now, frame.score
             await self.state.send(
                 {"type": "vad_score", "vad_score_event": {"vad_score": round(frame.score, 3)}}
             )
