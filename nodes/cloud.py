@@ -26,6 +26,8 @@ import json
 import os
 import ssl
 import time
+import weakref
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,10 +70,39 @@ class OneWriteBody(httpx.AsyncBaseTransport):
         if isinstance(stream, httpx.SyncByteStream) and not isinstance(stream, httpx.ByteStream):
             if _in_memory(stream):
                 request.stream = httpx.ByteStream(b"".join(stream))
-        return await self._inner.handle_async_request(request)
+        response = await self._inner.handle_async_request(request)
+        if isinstance(response.stream, httpx.AsyncByteStream):
+            response.stream = _UnbindOnClose(response.stream, response)
+        return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+class _UnbindOnClose(httpx.AsyncByteStream):
+    """Lets a closed response go by reference counting.
+
+    httpx's client wraps each response's stream in one that points back at the response (to time
+    it), a cycle: every provider call's response, and its request with the uploaded audio, waited for
+    a full collection. Closed, the response no longer needs its stream, so this drops it."""
+
+    _CLOSED = httpx.ByteStream(b"")
+
+    def __init__(self, inner: httpx.AsyncByteStream, response: httpx.Response) -> None:
+        self._inner = inner
+        self._response = weakref.ref(response)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            response = self._response()
+            if response is not None:
+                response.stream = self._CLOSED
 
 
 def _in_memory(stream: Any) -> bool:

@@ -62,6 +62,7 @@ from typing import Any
 
 import groq
 import httpx
+from groq.resources.audio import AsyncTranscriptions
 from pydantic import Field
 
 from ah.nodes.audio_level import FRAME, LevelMeter
@@ -211,6 +212,9 @@ class GroqStt(UtteranceStt[GroqSttParams]):
             timeout=httpx.Timeout(p.timeout_s, connect=min(5.0, p.timeout_s)),
             http_client=provider_http_client(),  # shared TLS context; uploads in one write
         )
+        # Not ``client.audio.transcriptions``: the client caches that resource, which points back at it,
+        # so every ended session's client (and its connection pool) waited for a full collection.
+        self._transcriptions = AsyncTranscriptions(self._client)
 
     @classmethod
     async def doctor(cls, params: Params) -> list[DoctorCheck]:
@@ -327,7 +331,7 @@ class GroqStt(UtteranceStt[GroqSttParams]):
         started = time.perf_counter()
         try:
             async with asyncio.timeout(p.timeout_s):
-                tr = await self._client.audio.transcriptions.create(
+                tr = await self._transcriptions.create(
                     file=("audio.wav", wav_bytes(pcm)),
                     model=p.model,
                     language=p.language,

@@ -78,6 +78,13 @@ class ScopeRegistry:
         """Call ``callback(scope)`` after every state change (tracing, protocol events)."""
         self._observers.append(callback)
 
+    def release(self) -> None:
+        """Forget every listener, observer and scope once the session is over: they are bound methods of
+        the session's nodes and observers, which hold this registry, so they form a cycle."""
+        self._listeners.clear()
+        self._observers.clear()
+        self._scopes.clear()
+
     # -- lifecycle -----------------------------------------------------------------------------------
     def open(self, label: str = "reply", parent: int = NO_SCOPE) -> int:
         """A new scope. A child of a cancelled scope is born cancelled: it derives from a dead reply."""
@@ -188,8 +195,7 @@ class ScopeRegistry:
         except asyncio.CancelledError:
             # The scope's cancel reads as "no result", unless the caller was itself cancelled in the
             # same tick: swallowing that would leave it running on when its task group waits for it.
-            me = asyncio.current_task()
-            if task.cancelled() and scope in self.cancelled and not (me is not None and me.cancelling()):
+            if task.cancelled() and scope in self.cancelled and not _caller_cancelling():
                 return None
             task.cancel()  # the caller was cancelled: take the scope's task down with it
             raise
@@ -213,3 +219,10 @@ class ScopeRegistry:
                 s.tasks.add(task)
                 task.add_done_callback(s.tasks.discard)
         return task
+
+
+def _caller_cancelling() -> bool:
+    """Whether the running task is being cancelled. A function, not a local: a local holding the task
+    in a frame that a CancelledError's traceback keeps makes a cycle (task -> error -> frame -> task)."""
+    me = asyncio.current_task()
+    return me is not None and me.cancelling() > 0

@@ -42,6 +42,8 @@ from ah.telemetry.hub import PROMETHEUS_CONTENT_TYPE, Telemetry
 log = logging.getLogger("ah.server")
 
 CONVERSATION_PATH = "/v1/convai/conversation"
+#: gen-1 collections between full ones (Python's default: 10); see AgentServer.preload.
+FULL_COLLECTION_EVERY = 100
 SIGNED_URL_PATH = "/v1/convai/conversation/get-signed-url"
 
 
@@ -298,17 +300,20 @@ class AgentServer:
             if not self.sessions:
                 self._idle.set()
             self._occupancy_changed()
-        if result.ok:
-            await conn.close(1000, "session ended")
-        else:
-            self.failed_sessions += 1
-            failure = result.failure
-            reason = str(failure) if failure else "session failed"
-            report = session.attachments.get("report_failure")
-            if report is not None and not conn.closed:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(report(reason), 2.0)
-            await conn.close(1011, reason)
+        try:
+            if result.ok:
+                await conn.close(1000, "session ended")
+            else:
+                self.failed_sessions += 1
+                failure = result.failure
+                reason = str(failure) if failure else "session failed"
+                report = session.attachments.get("report_failure")
+                if report is not None and not conn.closed:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(report(reason), 2.0)
+                await conn.close(1011, reason)
+        finally:
+            session.release()  # freed by reference counting, not left for a full collection
         log.info(
             "session %s (%s) ended after %.1f s: %s",
             session.id,
@@ -333,6 +338,14 @@ class AgentServer:
         # waited); see experiments/capacity.py --stalls.
         gc.collect()
         gc.freeze()
+        # And full collections ten times rarer (after 100 gen-1 collections, not 10). With the process's
+        # objects frozen, what the collector counts as long-lived is only the sessions' objects, so
+        # under load its rule (pending > a quarter of those) let a full collection, 45-80 ms for 100
+        # sessions, run every few seconds: each one stalled every turn in flight. This costs no memory
+        # because an ended session is not cyclic garbage (Session.release, and
+        # tests/test_session_memory.py): reference counting frees it as soon as it ends.
+        young, middle, _ = gc.get_threshold()
+        gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
     async def start(self) -> None:
         where: dict[str, Any] = {"host": self.config.host, "port": self.config.port}
@@ -385,6 +398,9 @@ class AgentServer:
             def connection_lost(self, exc: Exception | None) -> None:
                 super().connection_lost(exc)
                 agent._settle(self)
+                # websockets binds our subprotocol callback to the protocol through a closure over this
+                # connection, a cycle only a full collection frees; the handshake is long over.
+                vars(self.protocol).pop("select_subprotocol", None)
 
         return Connection
 
