@@ -32,8 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from websockets.asyncio.client import ClientConnection
 
 from ah.runtime.sdk import ControlFrame, DoctorCheck
+from ah.runtime.websocket_cycles import release_closed
 
 
 @functools.cache
@@ -116,6 +118,16 @@ def provider_http_client() -> httpx.AsyncClient:
     SDK's pool limits and redirects, and bodies in one write (:class:`OneWriteBody`)."""
     transport = OneWriteBody(httpx.AsyncHTTPTransport(verify=tls_context(), limits=_LIMITS))
     return httpx.AsyncClient(transport=transport, follow_redirects=True)
+
+
+class ReleasedOnClose(ClientConnection):
+    """A websockets client connection that reference counting frees once it is closed
+    (:func:`~ah.runtime.websocket_cycles.release_closed`): a node that opens a socket per reply
+    (``tts.elevenlabs``) left a few a session, with their compression state, for a full collection."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        release_closed(self.protocol)
 
 
 class MissingKey(RuntimeError):

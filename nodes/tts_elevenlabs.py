@@ -48,7 +48,7 @@ from pydantic import Field
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from ah.nodes.cloud import error_frame, key_check, require_key, tls_context
+from ah.nodes.cloud import ReleasedOnClose, error_frame, key_check, require_key, tls_context
 from ah.nodes.tts_stream import ReplyPieces, TextSplitter, split_replies
 from ah.runtime.sdk import (
     Alignment,
@@ -239,6 +239,7 @@ class ElevenLabsTts(Node[ElevenLabsTtsParams]):
                     additional_headers={"xi-api-key": self._key},
                     max_size=None,
                     ping_interval=20,
+                    create_connection=ReleasedOnClose,  # freed when closed, not at a full collection
                     # wss: the process's TLS context, not a new one (CA loading) per connection
                     ssl=tls_context() if url.startswith("wss") else None,
                 ),

@@ -221,7 +221,7 @@ class Session:
         A wired session is one big reference cycle: session -> nodes -> contexts (``emit``, ``stop``)
         -> session; ports, channels and the scope registry's observers point back at the nodes; each
         node's own task group, bound callbacks and cancelled tasks (whose tracebacks hold its frames)
-        point back at the node. Left alone, an ended session (~0.25 MB, ~1,000 objects) waits for a
+        point back at the node. Left alone, an ended session (~0.25 MB, ~1,400 objects) waits for a
         full collection, and under 100 sessions each of those stalls every turn in flight for
         45-80 ms (experiments/capacity.py --stalls). Cut here, the server can make full collections
         rare without memory growing under churn. Read what you need (``events``, node state)

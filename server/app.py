@@ -33,6 +33,7 @@ from websockets.typing import Subprotocol
 
 from ah.runtime.graph_loader import Graph
 from ah.runtime.session import Session
+from ah.runtime.websocket_cycles import release_closed
 from ah.server.access import AccessMode, AccessPolicy
 from ah.server.connection import WebSocketConnection
 from ah.server.gate import GatedListener, gate_websockets_server
@@ -398,9 +399,12 @@ class AgentServer:
             def connection_lost(self, exc: Exception | None) -> None:
                 super().connection_lost(exc)
                 agent._settle(self)
-                # websockets binds our subprotocol callback to the protocol through a closure over this
-                # connection, a cycle only a full collection frees; the handshake is long over.
+                # Cycles only a full collection would free, which under churn let closed connections
+                # pile up between the rare full collections (see preload): websockets binds our
+                # subprotocol callback to the protocol through a closure over this connection (the
+                # handshake is long over), and its parser's (see release_closed).
                 vars(self.protocol).pop("select_subprotocol", None)
+                release_closed(self.protocol)
 
         return Connection
 
