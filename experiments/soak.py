@@ -119,6 +119,9 @@ class Stats:
     after_fault_normal: int = 0
     open_clients: list[tuple[float, int]] = field(default_factory=list)
     error_examples: list[dict[str, Any]] = field(default_factory=list)
+    # What each turn after a faulted one that was not normal got: its error events, or none (a turn
+    # can be hit by an injected fault of its own; the message tells which).
+    after_fault_not_normal: list[list[str]] = field(default_factory=list)
 
 
 BURST = [audio_message(c) for c in tone_chunks()]
@@ -189,6 +192,7 @@ async def conversation(
                 first_audio: float | None = None
                 heard_until = 0.0
                 answered_by_error = False
+                turn_errors: list[str] = []
                 deadline = end + args.turn_timeout_s
                 sent_after = 0
                 while True:
@@ -206,6 +210,7 @@ async def conversation(
                             heard_until = when
                         elif kind == "error":
                             answered_by_error = True
+                            turn_errors.append(str(msg.get("error_event", {}).get("message", "")))
                             if len(stats.error_examples) < 10:
                                 stats.error_examples.append(msg.get("error_event", {}))
                     if first_audio is not None and t - heard_until > args.quiet_s:
@@ -223,7 +228,10 @@ async def conversation(
                     stats.hung += 1
                 if previous_faulted:
                     stats.after_fault_turns += 1
-                    stats.after_fault_normal += first_audio is not None and not answered_by_error
+                    normal = first_audio is not None and not answered_by_error
+                    stats.after_fault_normal += normal
+                    if not normal:
+                        stats.after_fault_not_normal.append(turn_errors or ["no reply and no error"])
                 previous_faulted = answered_by_error
                 for _ in range(int(args.gap_s / CHUNK_S)):
                     await send(SILENCE)
@@ -334,6 +342,7 @@ def summarise(
         "error_examples": stats.error_examples,
         "turns_after_a_faulted_turn": stats.after_fault_turns,
         "of_which_normal": stats.after_fault_normal,
+        "after_a_fault_not_normal": stats.after_fault_not_normal,
         "response_latency_ms": dist([d for _, d in stats.latencies], 1000, 1),
         "response_latency_p99_ms_per_minute": {
             m: round(float(np.percentile(v, 99)) * 1000, 1) for m, v in sorted(minute_lat.items())
