@@ -399,11 +399,7 @@ class AgentServer:
             def connection_lost(self, exc: Exception | None) -> None:
                 super().connection_lost(exc)
                 agent._settle(self)
-                # Cycles only a full collection would free, which under churn let closed connections
-                # pile up between the rare full collections (see preload): websockets binds our
-                # subprotocol callback to the protocol through a closure over this connection (the
-                # handshake is long over), and its parser's (see release_closed).
-                vars(self.protocol).pop("select_subprotocol", None)
+                # Freed by reference counting, not left for the rare full collections (see preload).
                 release_closed(self.protocol)
 
         return Connection
